@@ -90,25 +90,27 @@ def topological_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     return [graph.node[i] for i in order]
 
 
-def tensor_list(proto: onnx.ModelProto, *, include_inputs: bool = False) -> list[TensorInfo]:
+def tensor_list(proto: onnx.ModelProto, *, include_inputs: bool = False, float_only: bool = True) -> list[TensorInfo]:
     """Every float activation in topological order: what "all taps" exposes.
 
     Constants and shape arithmetic are left out (they do not change under quantisation). Graph
-    inputs are included only when asked, with op type ``Input``.
+    inputs are included only when asked, with op type ``Input``. ``float_only=False`` also lists
+    integer tensors (a QDQ model's int8 codes), still leaving out constants and shape arithmetic.
     """
+    wanted = FLOAT_TYPES if float_only else None
     types = _value_types(proto)
     result: list[TensorInfo] = []
     if include_inputs:
         for inp in proto.graph.input:
             elem, shape = types.get(inp.name, (0, None))
-            if elem in FLOAT_TYPES:
+            if wanted is None or elem in wanted:
                 result.append(TensorInfo(len(result), inp.name, inp.name, "Input", elem, shape))
     for node in topological_nodes(proto.graph):
         if node.op_type in _NON_ACTIVATION_OPS:
             continue
         for out in node.output:
             elem, shape = types.get(out, (0, None))
-            if out and elem in FLOAT_TYPES:
+            if out and (elem in FLOAT_TYPES if wanted is not None else elem != 0):
                 result.append(TensorInfo(len(result), out, node_display_name(node), node.op_type, elem, shape))
     return result
 

@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 
 from harness.errors import ConfigError, ModelRuntimeError
-from harness.model.graph import TensorInfo, tensor_list
+from harness.model.graph import FLOAT_TYPES, TensorInfo, tensor_list
 from harness.model.load import Model
 from harness.model.session import Optimization, make_session
 
@@ -68,6 +68,7 @@ class TapRunner:
 
     ``taps``: ``"all"`` (every float activation), ``"none"`` (graph outputs only) or a list of
     tensor names. Graph outputs are always included, last-in-order where they fall topologically.
+    ``any_dtype``: allow integer tensors in a list of taps (a QDQ model's int8 codes).
     """
 
     def __init__(
@@ -77,9 +78,10 @@ class TapRunner:
         taps: TapSelection = "all",
         threads: int | None = None,
         optimization: Optimization = "all",
+        any_dtype: bool = False,
     ) -> None:
         self.model = model
-        all_tensors = tensor_list(model.proto)
+        all_tensors = tensor_list(model.proto, float_only=not any_dtype)
         self.tensors: list[TensorInfo] = _select(all_tensors, taps, model.output_names)
         self.infos: dict[str, TensorInfo] = {t.name: t for t in self.tensors}
         tapped, self._alias = _with_outputs(model.proto, [t.name for t in self.tensors])
@@ -195,7 +197,7 @@ def _select(all_tensors: list[TensorInfo], taps: TapSelection, outputs: list[str
             remedy="remove pass-through outputs from the model",
         )
     if taps == "all":
-        wanted = set(by_name)
+        wanted = {t.name for t in all_tensors if t.elem_type in FLOAT_TYPES}
     elif taps == "none":
         wanted = set()
     else:

@@ -1,0 +1,387 @@
+"""Write the quantised model as ONNX (QDQ), and run it as a float simulation or with int8 kernels.
+
+The QDQ model is the simulator: every quantised tensor passes through QuantizeLinear ->
+DequantizeLinear (or an equivalent fake-quant subgraph), so onnxruntime computes in float exactly
+what the integer pipeline would see. Two execution modes run the *same* file:
+
+* ``simulate``: graph optimisations off. Every Q/DQ executes as written: the reference.
+* ``int8-kernels``: optimisations on. onnxruntime fuses DQ -> Conv -> Q into QLinearConv and
+  friends and computes in integers, as a runtime on the device would. Where it cannot fuse, it
+  falls back to float. ``compare_modes`` reports per tensor how far the modes disagree, in units of
+  that tensor's quantisation step.
+
+How each scheme is written:
+
+* 8-bit uniform activations: a QuantizeLinear/DequantizeLinear pair (int8 or uint8) where that is
+  exact. ONNX rounds half to even and saturates int8 at -128, so a ``half_away`` scheme (ncnn) or a
+  narrow signed range ([-127, 127]: ncnn, Sophon) is written as a float subgraph instead when
+  ``exact_rounding`` is true, so ties and the clamp are the device's. With ``exact_rounding=False``
+  they are written as Q/DQ (ties to even, -128 reachable) so onnxruntime can fuse them into int8
+  kernels; the two differ only on exact ties and on values below -127.5 steps.
+* 8-bit uniform weights: the integer codes are stored as an int8/uint8 initializer (quantised in
+  numpy with the scheme's own rounding, so any rounding is exact) feeding a DequantizeLinear.
+* 16-bit uniform and log2 (NNIE) tensors: a fake-quant subgraph of standard float ops (Div, Round,
+  Clip, Mul; or Abs, Log, Round, Pow, Where for log2), because int16 Q/DQ needs opset 21 and a log
+  grid has no Q/DQ at all. Their weights are stored already fake-quantised.
+* Biases of quantised Conv/Gemm, when the plan asks (onnxruntime, TFLite): int32 codes with scale
+  ``s_input * s_weight`` and a DequantizeLinear, as onnxruntime's quantiser writes them.
+
+Graph outputs stay float and keep their names. A tensor ``T`` quantised for all consumers is
+followed by ``T__q`` (codes, uniform 8-bit only) and ``T__dq`` (dequantised values); ``T`` itself is
+still the float value before quantisation, so it lines up with the fp32 model's ``T``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from harness.errors import ConfigError
+from harness.model.graph import node_display_name
+from harness.quant.plan import ALL_CONSUMERS, QuantPlan, TensorQuant
+from harness.quant.scheme import QuantScheme, fake_quant, quantize
+
+Mode = Literal["simulate", "int8-kernels"]
+MODE_OPTIMIZATION = {"simulate": "disabled", "int8-kernels": "all"}
+
+#: Op types whose input 1 is a weight and (input 2) a bias, and the weight's output-channel axis.
+WEIGHT_OPS = {"Conv": 0, "ConvTranspose": 1, "Gemm": None, "MatMul": -1}
+
+_Q_SUFFIX, _DQ_SUFFIX, _FQ_SUFFIX = "__q", "__dq", "__fq"
+
+
+@dataclass(frozen=True)
+class QdqModel:
+    """The written model and, per quantised activation, where its codes and values can be tapped."""
+
+    proto: onnx.ModelProto
+    #: tensor name -> name of its uint8/int8 code tensor (Q output), for 8-bit Q/DQ sites.
+    code_tensors: dict[str, str]
+    #: tensor name -> name of its dequantised tensor as the consumers read it.
+    dequantized_tensors: dict[str, str]
+
+
+def write_qdq_model(proto: onnx.ModelProto, plan: QuantPlan, *, exact_rounding: bool = True) -> QdqModel:
+    """A copy of ``proto`` (BN already folded) with the plan's quantisation inserted."""
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    graph = model.graph
+    writer = _Writer(graph, exact_rounding=exact_rounding)
+    inits = {t.name: t for t in graph.initializer}
+    for name, tq in plan.weights.items():
+        if name not in inits:
+            raise ConfigError(
+                f"The plan quantises weight {name!r}, which is not an initializer of the model",
+                expected="weights named as in the BN-folded model",
+                remedy="rebuild the plan from the same folded model (fold_batchnorm) it is applied to",
+            )
+    weight_dq = {name: writer.weight(inits[name], tq) for name, tq in plan.weights.items()}
+
+    # Activation sites: one quantiser per (tensor, quantisation); consumers are re-pointed to it.
+    edge_inputs: dict[tuple[str, str], str] = {}
+    by_tensor: dict[str, list[tuple[str, TensorQuant]]] = {}
+    for (tensor, consumer), tq in plan.activations.items():
+        by_tensor.setdefault(tensor, []).append((consumer, tq))
+    for tensor in sorted(by_tensor, key=lambda t: _order_key(t, graph)):
+        for consumer, tq in sorted(by_tensor[tensor], key=lambda item: item[0] != ALL_CONSUMERS):
+            suffix = "" if consumer == ALL_CONSUMERS else f"__{consumer}"
+            edge_inputs[(tensor, consumer)] = writer.activation(tensor, tq, tag=suffix)
+
+    for node in list(graph.node):
+        if node.name.startswith(_Writer.PREFIX):
+            continue
+        display = node_display_name(node)
+        original_inputs = list(node.input)
+        for i, name in enumerate(node.input):
+            replacement = edge_inputs.get((name, display)) or edge_inputs.get((name, ALL_CONSUMERS))
+            if replacement:
+                node.input[i] = replacement
+            elif name in weight_dq:
+                node.input[i] = weight_dq[name]
+        if plan.quantize_bias and node.op_type in ("Conv", "ConvTranspose", "Gemm") and len(node.input) > 2:
+            writer.maybe_bias(node, display, plan, inits, original_inputs=original_inputs)
+    writer.finish(model)
+    return QdqModel(model, writer.code_tensors, writer.dequantized)
+
+
+def _order_key(tensor: str, graph: onnx.GraphProto) -> int:
+    for i, node in enumerate(graph.node):
+        if tensor in node.output:
+            return i + 1
+    return 0  # graph inputs first
+
+
+class _Writer:
+    """Appends Q/DQ nodes and fake-quant subgraphs; names everything it adds with a fixed prefix."""
+
+    PREFIX = "qh__"
+
+    def __init__(self, graph: onnx.GraphProto, *, exact_rounding: bool) -> None:
+        self.graph = graph
+        self.exact_rounding = exact_rounding
+        self.new_nodes: list[onnx.NodeProto] = []
+        self.code_tensors: dict[str, str] = {}
+        self.dequantized: dict[str, str] = {}
+        self.weight_quant: dict[str, TensorQuant] = {}
+        self.activation_quant: dict[str, TensorQuant] = {}
+        self._consts: dict[tuple, str] = {}
+
+    # -- weights ------------------------------------------------------------------------------
+    def weight(self, init: onnx.TensorProto, tq: TensorQuant) -> str:
+        w = numpy_helper.to_array(init)
+        scheme = tq.scheme
+        self.weight_quant[init.name] = tq
+        if _qdq_expressible(scheme):
+            codes = quantize(w, scheme, tq.scale, tq.zero_point)
+            q_name = self._init(codes, init.name + _Q_SUFFIX)
+            out = init.name + _DQ_SUFFIX
+            self._dq(q_name, tq, out, axis=_axis(scheme, w.ndim))
+            return out
+        return self._init(fake_quant(w.astype(np.float32), scheme, tq.scale, tq.zero_point), init.name + _FQ_SUFFIX)
+
+    def maybe_bias(self, node, display, plan: QuantPlan, inits, *, original_inputs: list[str]) -> None:
+        """int32 bias with scale s_x * s_w when both the input and the weight are 8-bit uniform."""
+        bias_name = node.input[2]
+        if not bias_name or bias_name not in inits:
+            return
+        x_quant = plan.activation_for(original_inputs[0], display)
+        w_quant = self.weight_quant.get(original_inputs[1])
+        if x_quant is None or w_quant is None or not (_qdq_expressible(x_quant.scheme) and _qdq_expressible(w_quant.scheme)):
+            return
+        bias = numpy_helper.to_array(inits[bias_name]).astype(np.float64)
+        scale = (np.asarray(x_quant.scale, np.float32) * np.asarray(w_quant.scale, np.float32)).astype(np.float32)
+        scale = np.broadcast_to(scale, bias.shape) if scale.size > 1 else scale.reshape(())
+        codes = np.clip(np.rint(bias / scale.astype(np.float64)), -(2**31), 2**31 - 1).astype(np.int32)
+        q_name = self._init(codes, f"{bias_name}__{display}{_Q_SUFFIX}")
+        out = f"{bias_name}__{display}{_DQ_SUFFIX}"
+        inputs = [q_name, self._const(scale.astype(np.float32), "bias_scale")]
+        attrs = {"axis": 0} if scale.ndim == 1 else {}
+        self._node("DequantizeLinear", inputs, [out], **attrs)
+        node.input[2] = out
+
+    # -- activations ----------------------------------------------------------------------------
+    def activation(self, tensor: str, tq: TensorQuant, *, tag: str) -> str:
+        scheme = tq.scheme
+        self.activation_quant.setdefault(tensor, tq)
+        out = f"{tensor}{tag}{_DQ_SUFFIX}"
+        if _qdq_expressible(scheme) and (_qdq_exact(scheme) or not self.exact_rounding):
+            codes = f"{tensor}{tag}{_Q_SUFFIX}"
+            axis = {"axis": scheme.axis} if scheme.granularity == "per_channel" else {}
+            self._node("QuantizeLinear", [tensor, self._scale(tq), self._zero_point(tq)], [codes], **axis)
+            self._dq(codes, tq, out, axis=scheme.axis if scheme.granularity == "per_channel" else None)
+            if not tag:
+                self.code_tensors[tensor] = codes
+        elif scheme.domain == "log2":
+            self._log2_fake_quant(tensor, tq, out)
+        else:
+            self._uniform_fake_quant(tensor, tq, out)
+        if not tag:
+            self.dequantized[tensor] = out
+        return out
+
+    def _uniform_fake_quant(self, x: str, tq: TensorQuant, out: str) -> None:
+        """``(clip(round(x / s) + z) - z) * s`` in float ops, with the scheme's rounding."""
+        s = self._scale(tq)
+        z = self._const(np.asarray(tq.zero_point, np.float32), "zp_f")
+        v = self._tmp("Div", [x, s])
+        r = self._round(v, tq.scheme.rounding)
+        q = self._tmp("Clip", [self._tmp("Add", [r, z]), self._f(tq.scheme.qmin), self._f(tq.scheme.qmax)])
+        self._node("Mul", [self._tmp("Sub", [q, z]), s], [out])
+
+    def _log2_fake_quant(self, x: str, tq: TensorQuant, out: str) -> None:
+        """NNIE log code: magnitude rounded on a log2 grid with L levels per octave, sign kept."""
+        scheme = tq.scheme
+        levels = float(scheme.levels_per_octave)
+        z = float(np.asarray(tq.zero_point).reshape(()))
+        smallest = 2.0 ** (z / levels)
+        mag = self._tmp("Abs", [x])
+        safe = self._tmp("Max", [mag, self._f(np.finfo(np.float32).tiny)])
+        log2 = self._tmp("Mul", [self._tmp("Log", [safe]), self._f(levels / math.log(2.0))])
+        code = self._tmp("Clip", [self._tmp("Sub", [self._round(log2, scheme.rounding), self._f(z)]), self._f(0.0), self._f(scheme.qmax)])
+        value = self._tmp("Pow", [self._f(2.0), self._tmp("Div", [self._tmp("Add", [code, self._f(z)]), self._f(levels)])])
+        signed = self._tmp("Mul", [self._tmp("Sign", [x]), value])
+        flush = self._tmp("Less", [mag, self._f(smallest / 2.0)])
+        self._node("Where", [flush, self._f(0.0), signed], [out])
+
+    def _round(self, v: str, rounding: str) -> str:
+        if rounding == "half_even":
+            return self._tmp("Round", [v])
+        # half away from zero: sign(v) * floor(|v| + 0.5)
+        floor = self._tmp("Floor", [self._tmp("Add", [self._tmp("Abs", [v]), self._f(0.5)])])
+        return self._tmp("Mul", [self._tmp("Sign", [v]), floor])
+
+    # -- primitives -----------------------------------------------------------------------------
+    def _dq(self, codes: str, tq: TensorQuant, out: str, *, axis: int | None) -> None:
+        attrs = {"axis": axis} if axis is not None and np.asarray(tq.scale).ndim == 1 else {}
+        self._node("DequantizeLinear", [codes, self._scale(tq), self._zero_point(tq)], [out], **attrs)
+
+    def _scale(self, tq: TensorQuant) -> str:
+        return self._const(np.asarray(tq.scale, np.float32), "scale")
+
+    def _zero_point(self, tq: TensorQuant) -> str:
+        return self._const(np.asarray(tq.zero_point).astype(tq.scheme.code_dtype), "zp")
+
+    def _f(self, value: float) -> str:
+        return self._const(np.asarray(value, np.float32), "c")
+
+    def _const(self, array: np.ndarray, kind: str) -> str:
+        key = (kind, array.dtype.str, array.shape, array.tobytes())
+        if key not in self._consts:
+            name = f"{self.PREFIX}{kind}_{len(self._consts)}"
+            self.graph.initializer.append(numpy_helper.from_array(array, name))
+            self._consts[key] = name
+        return self._consts[key]
+
+    def _init(self, array: np.ndarray, name: str) -> str:
+        self.graph.initializer.append(numpy_helper.from_array(array, name))
+        return name
+
+    def _tmp(self, op: str, inputs: list[str]) -> str:
+        out = f"{self.PREFIX}t{len(self.new_nodes)}"
+        self._node(op, inputs, [out])
+        return out
+
+    def _node(self, op: str, inputs: list[str], outputs: list[str], **attrs) -> None:
+        self.new_nodes.append(helper.make_node(op, inputs, outputs, name=f"{self.PREFIX}{op}_{len(self.new_nodes)}", **attrs))
+
+    def finish(self, model: onnx.ModelProto) -> None:
+        """Insert the new nodes and restore topological order (ONNX requires it)."""
+        from harness.model.graph import topological_nodes
+
+        self.graph.node.extend(self.new_nodes)
+        ordered = topological_nodes(self.graph)
+        copies = [onnx.NodeProto() for _ in ordered]
+        for copy, node in zip(copies, ordered):
+            copy.CopyFrom(node)
+        del self.graph.node[:]
+        self.graph.node.extend(copies)
+        used = {n for node in self.graph.node for n in node.input}
+        kept = [t for t in self.graph.initializer if t.name in used]
+        del self.graph.initializer[:]
+        self.graph.initializer.extend(kept)
+        del self.graph.value_info[:]  # stale after rewiring; shape inference re-derives it
+        model.CopyFrom(onnx.shape_inference.infer_shapes(model, strict_mode=False))
+
+
+def _qdq_expressible(scheme: QuantScheme) -> bool:
+    """Can standard (opset 13) Q/DQ represent this scheme exactly?"""
+    return scheme.domain == "uniform" and scheme.bits == 8
+
+
+def _qdq_exact(scheme: QuantScheme) -> bool:
+    """Does QuantizeLinear round and clamp exactly as the scheme says (ties to even, full range)?"""
+    return scheme.rounding == "half_even" and not (scheme.signed and scheme.narrow_range)
+
+
+def _axis(scheme: QuantScheme, ndim: int) -> int | None:
+    if scheme.granularity != "per_channel":
+        return None
+    return scheme.axis % ndim
+
+
+# --- running and comparing the two modes --------------------------------------------------------
+@dataclass(frozen=True)
+class ModeDisagreement:
+    """How far ``simulate`` and ``int8-kernels`` disagree on one tensor, in quantisation steps.
+
+    ``local_*``: both modes fed the *same* upstream codes (the simulation's), so only this
+    tensor's own kernel differs; this is what "the kernels implement the simulation" means.
+    ``accumulated_*``: the two whole models run end to end, where a one-step difference early on
+    propagates and grows (MobileNetV2: tens of steps at the last layers).
+    """
+
+    tensor: str
+    local_max_steps: float
+    local_fraction_differing: float
+    accumulated_max_steps: float
+    accumulated_mean_steps: float
+
+
+def compare_modes(qdq: QdqModel, batches: Iterable[np.ndarray | dict[str, np.ndarray]], *, threads: int | None = None) -> list[ModeDisagreement]:
+    """Run the QDQ model in both modes and compare every 8-bit activation's integer codes.
+
+    Codes are compared (not dequantised values) because tapping a DequantizeLinear output would
+    stop onnxruntime fusing it, which is exactly what the int8-kernels mode is there to test; a
+    QuantizeLinear output survives fusion as the fused kernel's own output. One code is one step.
+    """
+    from harness.model.runner import TapRunner
+
+    names = list(qdq.code_tensors.values())
+    if not names:
+        return []
+    model = _as_model(qdq.proto)
+    sim = TapRunner(model, taps=names, threads=threads, optimization="disabled", any_dtype=True)
+    kern = TapRunner(model, taps=names, threads=threads, optimization="all", any_dtype=True)
+    regions = {name: _CodeRegion(qdq.proto, name, set(names), threads=threads) for name in names}
+    acc = {name: np.zeros(5) for name in names}  # local max, local differing, acc max, acc sum, count
+    input_name = model.input_names[0] if len(model.input_names) == 1 else None
+    for batch in batches:
+        a = sim.run(batch)
+        b = kern.run_views(batch)
+        if isinstance(batch, dict):
+            a.update(batch)
+        elif input_name:
+            a[input_name] = batch
+        for name in names:
+            local = regions[name].kernel_codes(a)
+            stats = acc[name]
+            local_diff = np.abs(local.astype(np.int32) - a[name].astype(np.int32))
+            diff = np.abs(a[name].astype(np.int32) - b[name].astype(np.int32))
+            stats[0] = max(stats[0], float(local_diff.max(initial=0)))
+            stats[1] += float(np.count_nonzero(local_diff))
+            stats[2] = max(stats[2], float(diff.max(initial=0)))
+            stats[3] += float(diff.sum())
+            stats[4] += diff.size
+    by_code = {codes: tensor for tensor, codes in qdq.code_tensors.items()}
+    return [
+        ModeDisagreement(by_code[n], s[0], s[1] / max(s[4], 1), s[2], s[3] / max(s[4], 1))
+        for n, s in acc.items()
+    ]
+
+
+class _CodeRegion:
+    """The subgraph from the code tensors (or graph inputs) upstream of ``codes`` to ``codes``.
+
+    Run with optimisations on and fed the simulation's upstream codes, it gives the int8 kernels'
+    codes for this one tensor without any upstream disagreement.
+    """
+
+    def __init__(self, proto: onnx.ModelProto, codes: str, all_codes: set[str], *, threads: int | None) -> None:
+        from harness.model.session import make_session
+
+        producers = {out: node for node in proto.graph.node for out in node.output}
+        inits = {t.name for t in proto.graph.initializer}
+        graph_inputs = {i.name for i in proto.graph.input}
+        boundary: list[str] = []
+        stack, seen = [codes], set()
+        while stack:
+            tensor = stack.pop()
+            node = producers[tensor]
+            for name in node.input:
+                if not name or name in inits or name in seen:
+                    continue
+                seen.add(name)
+                if name in all_codes or name in graph_inputs:
+                    boundary.append(name)
+                else:
+                    stack.append(name)
+        self.inputs = sorted(boundary)
+        sub = onnx.utils.Extractor(proto).extract_model(self.inputs, [codes])
+        self.codes = codes
+        self.session = make_session(sub.SerializeToString(), threads=threads, optimization="all")
+
+    def kernel_codes(self, upstream: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run([self.codes], {name: upstream[name] for name in self.inputs})[0]
+
+
+def _as_model(proto: onnx.ModelProto):
+    from harness.model.load import Model
+
+    return Model(path=Path("<qdq>"), proto=proto, sha256="", original_opset=13, original_ir_version=proto.ir_version)
