@@ -19,7 +19,10 @@ from harness.errors import HarnessError
 #: Sub-command modules, in the order ``--help`` lists them.
 COMMAND_MODULES = (
     "harness.commands.run",
+    "harness.commands.calibrate",
+    "harness.commands.compare",
     "harness.commands.metrics",
+    "harness.commands.golden",
 )
 
 EXIT_USER_ERROR = 2
