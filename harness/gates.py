@@ -1,0 +1,545 @@
+"""Gates: the suite's ``[gates]`` table, and verdicts that say what failed, by how much, and what to do.
+
+Every bound carries its *source* (the suite file and key, or the documented default it came from), because
+"cosine 0.97 < 0.99" is only actionable when you know whether 0.99 was a deliberate choice for this model or a
+tool default nobody revisited. Every verdict also states the least bound that would have passed (Polygraphy's
+habit), so loosening a gate is a measured decision, not a guess.
+
+Comparisons are inclusive (``observed >= min`` and ``observed <= max`` pass). An undefined observation (NaN)
+never passes: a gate that cannot be evaluated must not turn green.
+
+Metric drops (``[gates.metrics]``): ``drop = fp32 - int8`` for higher-is-better metrics, relative drop
+``drop / fp32``. With ``require_significant = false`` (default) the point estimate on the evaluation set
+decides. With ``true``, a drop fails only when the point estimate exceeds the limit **and** the paired-bootstrap
+interval of fp32 - int8 lies entirely above 0 (``ci_low > 0``: the drop is real, not resampling noise). We chose
+this over "the lower CI bound exceeds the limit" because that rule almost never fails on the small evaluation
+sets suites use (a 100-image CI is several mAP points wide), which would make the gate decorative.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Literal
+
+from harness.errors import ConfigError
+from harness.suite_schema import TableReader
+
+Op = Literal[">=", "<="]
+
+#: Check names a verdict can carry; ``[suite] expect_reason`` must be one of them.
+CHECKS: tuple[str, ...] = (
+    "layerwise", "output", "bmrt", "input-parity", "fp32-golden", "metric", "calibration-drift", "leakage",
+)
+
+# --- documented defaults --------------------------------------------------------------------------
+_DEPLOY = "default: tpu-mlir model_deploy --tolerance 0.8,0.5 (its deploy default, int8 vs fp32 on every tensor)"
+_TOOL = "tpu-mlir npz_tool compare default 0.99,0.99"
+#: Tolerance presets (cosine, euclid-similarity) from tpu-mlir's production int8 regressions.
+PRESETS: dict[str, tuple[float, float, str]] = {
+    "tpu-mlir-deploy": (0.8, 0.5, "tpu-mlir model_deploy default"),
+    "tpu-mlir-tool": (0.99, 0.99, _TOOL),
+    "resnet18": (0.97, 0.78, "tpu-mlir production int8 regression, resnet18"),
+    "mobilenet_v2": (0.95, 0.69, "tpu-mlir production int8 regression, mobilenet_v2"),
+    "ssd300": (0.98, 0.85, "tpu-mlir production int8 regression, ssd300"),
+    "retinaface": (0.94, 0.67, "tpu-mlir production int8 regression, retinaface"),
+    "ultraface": (0.93, 0.64, "tpu-mlir production int8 regression, ultraface"),
+}
+
+#: gate key -> (default value or None when off, source, check, op)
+SCALAR_GATES: dict[str, tuple[float | None, str, str, Op]] = {
+    "layer_cosine_min": (0.8, _DEPLOY, "layerwise", ">="),
+    "layer_euclid_min": (0.5, _DEPLOY, "layerwise", ">="),
+    "layer_sqnr_db_min": (None, "default: off (no toolchain publishes an SQNR bound)", "layerwise", ">="),
+    "output_cosine_min": (0.8, _DEPLOY, "output", ">="),
+    "output_euclid_min": (0.5, _DEPLOY, "output", ">="),
+    "output_bmrt_tol": (0.01, "default: bmrt_test's float tolerance (int8 simulation vs int8 kernels)", "bmrt", "<="),
+    "input_parity_max_abs": (
+        1e-6, "default: harness; the same decoder and spec must give the same tensor up to float32 rounding",
+        "input-parity", "<=",
+    ),
+    "fp32_golden_cosine_min": (
+        0.99999, "default: harness; fp32 reruns differ only by summation order (threads, SIMD)", "fp32-golden", ">=",
+    ),
+    "fp32_golden_max_abs": (
+        1e-4, "default: harness; fp32 reruns differ only by summation order (threads, SIMD)", "fp32-golden", "<=",
+    ),
+    "calibration_drift_max_rel": (
+        0.05, "default: harness; about one NNIE 8-bit log level (2^(1/16) - 1 = 4.4%)", "calibration-drift", "<=",
+    ),
+    "calibration_overlap_max": (
+        0, "default: harness; calibration images must not be evaluation images", "leakage", "<=",
+    ),
+}
+LAYER_METRICS: tuple[str, ...] = ("cosine", "euclid", "sqnr_db")
+_METRIC_DROP_DEFAULT = (0.01, "default: Intel Neural Compressor accuracy_criterion (relative 1%)")
+_REMEDIES: dict[str, str] = {
+    "layerwise": "keep the first divergent layer in float ([quant] float_layers), try another calibration "
+                 "method, or relax it in [gates.layer_overrides] if the loss is accepted",
+    "output": "look at the layerwise report for the first divergent layer; keep it in float or change calibration",
+    "bmrt": "the int8 kernels disagree with the simulation: check rounding mode and the profile's runtime",
+    "input-parity": "preprocessing changed: compare [preprocess] with the deploy code (mean/std, channel order, "
+                    "resize) and the OpenCV version",
+    "fp32-golden": "the fp32 model or runtime changed; if intended, rerun with --golden-update and commit",
+    "metric": "inspect the layerwise report, keep the worst layers in float, or recalibrate on more images",
+    "calibration-drift": "calibration data or method changed; if intended, rerun with --golden-update",
+    "leakage": "use calibration images that are not in the evaluation split",
+}
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A gate value and where it came from (``suite.toml [gates] key`` or a documented default)."""
+
+    value: float
+    source: str
+
+    @property
+    def from_suite(self) -> bool:
+        return not self.source.startswith(("default", "preset"))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of one gate; truthy when it passed.
+
+    ``least_passing`` is the tightest bound that this observation would have passed (None when any bound
+    would, e.g. a drop that is not significant). ``text`` is two lines: the verdict, then the remedy.
+    """
+
+    check: str
+    gate: str
+    passed: bool
+    observed: float
+    bound: float
+    op: Op
+    source: str
+    least_passing: float | None
+    message: str
+    remedy: str
+    subject: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    @property
+    def text(self) -> str:
+        return f"{self.message}\n{self.remedy}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "check": self.check, "gate": self.gate, "passed": self.passed, "observed": _json_float(self.observed),
+            "bound": self.bound, "op": self.op, "source": self.source,
+            "least_passing": _json_float(self.least_passing), "message": self.message, "remedy": self.remedy,
+            "subject": self.subject, "details": {k: _json_float(v) for k, v in self.details.items()},
+        }
+
+
+def _json_float(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _as_bound(bound: Bound | float) -> Bound:
+    return bound if isinstance(bound, Bound) else Bound(float(bound), "given by the caller")
+
+
+def _check(
+    gate: str, observed: float, bound: Bound | float, op: Op, *, check: str | None, subject: str | None
+) -> Verdict:
+    b = _as_bound(bound)
+    check = check or (SCALAR_GATES[gate][2] if gate in SCALAR_GATES else gate)
+    observed = float(observed)
+    defined = not math.isnan(observed)
+    passed = defined and (observed >= b.value if op == ">=" else observed <= b.value)
+    where = f" at {subject}" if subject else ""
+    state = "passed" if passed else "FAILED"
+    if defined:
+        message = f"{check} {state}{where}: {gate} observed {observed:.6g}, required {op} {b.value:.6g} ({b.source})"
+        if not passed:
+            message += f"; would pass with {gate} = {observed:.6g}"
+    else:
+        message = f"{check} FAILED{where}: {gate} is undefined (NaN), required {op} {b.value:.6g} ({b.source})"
+    remedy = "nothing to do" if passed else _REMEDIES.get(check, "see the report")
+    return Verdict(check=check, gate=gate, passed=passed, observed=observed, bound=b.value, op=op, source=b.source,
+                   least_passing=observed if defined else None, message=message, remedy=remedy, subject=subject)
+
+
+def check_min(name: str, observed: float, bound: Bound | float, *, check: str | None = None,
+              subject: str | None = None) -> Verdict:
+    """Pass when ``observed >= bound`` (similarities, SQNR)."""
+    return _check(name, observed, bound, ">=", check=check, subject=subject)
+
+
+def check_max(name: str, observed: float, bound: Bound | float, *, check: str | None = None,
+              subject: str | None = None) -> Verdict:
+    """Pass when ``observed <= bound`` (errors, drifts, drops)."""
+    return _check(name, observed, bound, "<=", check=check, subject=subject)
+
+
+# --- layer gates ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerOverride:
+    """``[gates.layer_overrides] "pattern" = { cosine_min = .., euclid_min = .., sqnr_db_min = .., skip = .. }``.
+
+    A pattern is an exact tensor name or an ``fnmatch`` glob (``*``, ``?``, ``[...]``), case-sensitive.
+    """
+
+    pattern: str
+    bounds: Mapping[str, Bound]  # layer metric -> bound
+    skip: bool = False
+
+    @property
+    def is_glob(self) -> bool:
+        return any(c in self.pattern for c in "*?[")
+
+    def matches(self, layer: str) -> bool:
+        return fnmatchcase(layer, self.pattern) if self.is_glob else layer == self.pattern
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """Per-layer verdicts (topological order, one per gated metric) and the summary verdict."""
+
+    verdicts: tuple[Verdict, ...]
+    summary: Verdict
+
+    def __bool__(self) -> bool:
+        return self.summary.passed
+
+    @property
+    def failed(self) -> tuple[Verdict, ...]:
+        return tuple(v for v in self.verdicts if not v.passed)
+
+
+def layer_bounds(layer: str, config: GatesConfig) -> dict[str, Bound] | None:
+    """The bound per layer metric for ``layer``, or None when an override skips it.
+
+    Precedence, per metric: an exact-name override, then glob overrides in file order (the first glob that
+    matches *and sets that metric* wins), then the suite-wide ``layer_<metric>_min``. Per-metric fall-through
+    lets ``"conv_dw_*" = { cosine_min = 0.95 }`` relax cosine without silently switching SQNR off.
+    """
+    ordered = [o for o in config.layer_overrides if not o.is_glob] + [o for o in config.layer_overrides if o.is_glob]
+    matching = [o for o in ordered if o.matches(layer)]
+    if matching and matching[0].skip:
+        return None
+    out: dict[str, Bound] = {}
+    for metric in LAYER_METRICS:
+        for o in matching:
+            if metric in o.bounds:
+                out[metric] = o.bounds[metric]
+                break
+        else:
+            default = config.layer_bound(metric)
+            if default is not None:
+                out[metric] = default
+    return out
+
+
+def check_layers(
+    observations: Sequence[tuple[str, Mapping[str, float]]], config: GatesConfig, *, check: str = "layerwise"
+) -> LayerReport:
+    """Verdicts for every (layer, metric) of ``observations`` (layer name -> {"cosine": .., "sqnr_db": ..}),
+    in the given (topological) order, and a summary naming the count failing, the first divergent layer and
+    the worst one (largest shortfall relative to its bound)."""
+    verdicts: list[Verdict] = []
+    for layer, stats in observations:
+        bounds = layer_bounds(layer, config)
+        if bounds is None:
+            continue
+        for metric, bound in bounds.items():
+            if metric in stats:
+                verdicts.append(check_min(f"layer_{metric}_min", stats[metric], bound, check=check, subject=layer))
+    failed = [v for v in verdicts if not v.passed]
+    n_layers = len({v.subject for v in verdicts})
+    if not verdicts:
+        summary = Verdict(check=check, gate="layers", passed=True, observed=float("nan"), bound=float("nan"),
+                          op=">=", source="-", least_passing=None, message=f"{check} passed: no layer was gated",
+                          remedy="nothing to do", details={"n_layers": 0, "n_failed": 0})
+        return LayerReport((), summary)
+    if not failed:
+        worst = min(verdicts, key=_shortfall)
+        message = f"{check} passed: {n_layers} layers; tightest {worst.subject} {worst.gate} {worst.observed:.6g} " \
+                  f"(required >= {worst.bound:.6g})"
+        return LayerReport(tuple(verdicts), _summary(worst, passed=True, message=message, n_layers=n_layers,
+                                                     failed=failed))
+    worst = min(failed, key=_shortfall)
+    first = failed[0]
+    failing_layers = len({v.subject for v in failed})
+    message = (f"{check} FAILED: {failing_layers} of {n_layers} layers below their bounds; worst {worst.subject} "
+               f"{worst.gate} {worst.observed:.6g} < {worst.bound:.6g} ({worst.source}); first divergent "
+               f"{first.subject} {first.gate} {first.observed:.6g}")
+    return LayerReport(tuple(verdicts), _summary(worst, passed=False, message=message, n_layers=n_layers,
+                                                 failed=failed, first=first))
+
+
+def _shortfall(v: Verdict) -> float:
+    if math.isnan(v.observed):
+        return -math.inf
+    return (v.observed - v.bound) / max(abs(v.bound), 1e-12)
+
+
+def _summary(worst: Verdict, *, passed: bool, message: str, n_layers: int, failed: list[Verdict],
+             first: Verdict | None = None) -> Verdict:
+    remedy = "nothing to do" if passed else (
+        f"keep {first.subject!r} (first divergent) in float via [quant] float_layers, try another calibration "
+        f"method, or relax it in [gates.layer_overrides]" if first is not None else _REMEDIES["layerwise"])
+    details: dict[str, Any] = {"n_layers": n_layers, "n_failed": len(failed),
+                               "n_layers_failed": len({v.subject for v in failed})}
+    if first is not None:
+        details["first_divergent"] = first.subject
+    return Verdict(check=worst.check, gate=worst.gate, passed=passed, observed=worst.observed, bound=worst.bound,
+                   op=">=", source=worst.source, least_passing=worst.least_passing, message=message, remedy=remedy,
+                   subject=worst.subject, details=details)
+
+
+# --- metric drops ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DropGate:
+    """``[gates.metrics] name = { drop_max = .., drop_max_rel = .., require_significant = .. }``."""
+
+    drop_max: Bound | None = None
+    drop_max_rel: Bound | None = None
+    require_significant: bool = False
+
+
+def check_drop(metric: str, fp32: float, quant: float, ci: Any, gate: DropGate) -> Verdict:
+    """Verdict on ``fp32 - quant`` (see the module docstring for the significance rule).
+
+    ``ci`` is ``(low, high)`` of the paired-bootstrap fp32 - int8 difference, a ``BootstrapResult``, or None.
+    Without an interval, ``require_significant`` cannot be honoured and the point estimate decides (said in the
+    message, so nobody believes a significance test ran).
+    """
+    if gate.drop_max is None and gate.drop_max_rel is None:
+        raise ConfigError(f"Drop gate for {metric} has no limit", expected="drop_max and/or drop_max_rel")
+    drop = float(fp32) - float(quant)
+    rel = drop / float(fp32) if float(fp32) > 0 else float("nan")
+    low, high = _interval(ci)
+    candidates = []
+    for key, observed, bound in (("drop_max", drop, gate.drop_max), ("drop_max_rel", rel, gate.drop_max_rel)):
+        if bound is not None:
+            candidates.append(check_max(f"metrics.{metric}.{key}", observed, bound, check="metric", subject=metric))
+    # Verdicts are falsy when failed, so test for None explicitly.
+    limiting = next((v for v in candidates if not v.passed), None)
+    if limiting is None:
+        limiting = min(candidates, key=lambda v: v.bound - v.observed)
+    significant = low is not None and low > 0
+    details = {"fp32": float(fp32), "quant": float(quant), "drop": drop, "drop_rel": rel,
+               "ci_low": low if low is not None else float("nan"), "ci_high": high if high is not None else float("nan"),
+               "significant": significant}
+    head = f"metric {metric}: fp32 {float(fp32):.4f}, int8 {float(quant):.4f}, drop {drop:+.4f} ({rel:+.2%})"
+    if low is not None:
+        head += f", CI [{low:+.4f}, {high:+.4f}]"
+    if limiting.passed:
+        return _replace_msg(limiting, f"{head}: passed, {limiting.gate} {limiting.observed:.4g} <= {limiting.bound:.4g}",
+                            "nothing to do", details)
+    if gate.require_significant and low is not None and not significant:
+        msg = (f"{head}: passed, {limiting.gate} {limiting.observed:.4g} exceeds {limiting.bound:.4g} "
+               f"({limiting.source}) but the CI includes 0 (not significant)")
+        return Verdict(**{**_fields(limiting), "passed": True, "least_passing": None, "message": msg,
+                          "remedy": "evaluate on more images to decide whether this drop is real", "details": details})
+    note = "; no bootstrap interval, point estimate decides" if gate.require_significant and low is None else ""
+    msg = f"{head}: FAILED, {limiting.gate} {limiting.observed:.4g} > {limiting.bound:.4g} ({limiting.source}){note}"
+    return _replace_msg(limiting, msg, _REMEDIES["metric"], details)
+
+
+def _interval(ci: Any) -> tuple[float | None, float | None]:
+    if ci is None:
+        return None, None
+    if hasattr(ci, "ci_low"):
+        return float(ci.ci_low), float(ci.ci_high)
+    low, high = ci
+    return float(low), float(high)
+
+
+def _fields(v: Verdict) -> dict[str, Any]:
+    return {f: getattr(v, f) for f in Verdict.__dataclass_fields__}
+
+
+def _replace_msg(v: Verdict, message: str, remedy: str, details: Mapping[str, Any]) -> Verdict:
+    return Verdict(**{**_fields(v), "message": message, "remedy": remedy, "details": dict(details)})
+
+
+# --- expected failures ----------------------------------------------------------------------------
+def resolve_expectation(verdicts: Sequence[Verdict], *, expect: str, expect_reason: str | None) -> Verdict:
+    """The suite's overall verdict. ``expect = "fail"`` is strict: it passes only when a verdict of check
+    ``expect_reason`` failed; a suite that was expected to fail and passed is itself a failure (XPASS)."""
+    failed = [v for v in verdicts if not v.passed]
+    if expect == "pass":
+        worst = failed[0] if failed else None
+        msg = worst.message if worst else f"all {len(verdicts)} gates passed"
+        return Verdict(check="suite", gate="expect", passed=not failed, observed=float(len(failed)), bound=0.0,
+                       op="<=", source="[suite] expect = 'pass'", least_passing=None, message=msg,
+                       remedy=worst.remedy if worst else "nothing to do", details={"n_failed": len(failed)})
+    hit = [v for v in failed if v.check == expect_reason]
+    if hit:
+        msg = f"expected failure confirmed: {expect_reason} failed as required ({hit[0].message})"
+        remedy = "nothing to do"
+    else:
+        other = ", ".join(sorted({v.check for v in failed})) or "none"
+        msg = f"expected {expect_reason} to fail, but it passed (failed checks: {other})"
+        remedy = ("the defect this suite guards against is no longer detected: check the gate bounds, or set "
+                  "expect = 'pass' if the model was fixed")
+    return Verdict(check="suite", gate="expect", passed=bool(hit), observed=float(len(hit)), bound=1.0, op=">=",
+                   source=f"[suite] expect = 'fail', expect_reason = {expect_reason!r}", least_passing=None,
+                   message=msg, remedy=remedy, details={"n_failed": len(failed)})
+
+
+# --- configuration --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GatesConfig:
+    """The resolved ``[gates]`` table: every scalar gate with its source, overrides, metric drop gates.
+
+    ``scalars`` holds gate key -> Bound (absent = off); ``explicit`` the keys the suite file set itself, so
+    :meth:`to_dict` writes back exactly what the author wrote (plus ``preset``).
+    """
+
+    scalars: Mapping[str, Bound]
+    layer_overrides: tuple[LayerOverride, ...] = ()
+    metrics: Mapping[str, DropGate] = field(default_factory=dict)
+    require_significant: bool = False
+    preset: str | None = None
+    explicit: frozenset[str] = frozenset()
+    explicit_metrics: frozenset[str] = frozenset()
+
+    def bound(self, key: str) -> Bound | None:
+        return self.scalars.get(key)
+
+    def layer_bound(self, metric: str) -> Bound | None:
+        return self.scalars.get(f"layer_{metric}_min")
+
+    def check(self, key: str, observed: float, *, subject: str | None = None) -> Verdict:
+        """Evaluate scalar gate ``key`` (direction and check name from :data:`SCALAR_GATES`)."""
+        bound = self.scalars.get(key)
+        if bound is None:
+            raise ConfigError(f"Gate {key} is off in this suite", expected="a gate that is set",
+                              remedy=f"set [gates] {key}, or skip the check")
+        _, _, check, op = SCALAR_GATES[key]
+        return _check(key, observed, bound, op, check=check, subject=subject)
+
+    def effective(self) -> dict[str, dict[str, Any]]:
+        """Every active gate with value and source: what a results file shows."""
+        out: dict[str, dict[str, Any]] = {k: {"value": b.value, "source": b.source} for k, b in self.scalars.items()}
+        for name, g in self.metrics.items():
+            for key in ("drop_max", "drop_max_rel"):
+                b = getattr(g, key)
+                if b is not None:
+                    out[f"metrics.{name}.{key}"] = {"value": b.value, "source": b.source,
+                                                    "require_significant": g.require_significant}
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.preset:
+            out["preset"] = self.preset
+        for key in SCALAR_GATES:
+            if key in self.explicit:
+                out[key] = self.scalars[key].value
+        if "require_significant" in self.explicit:
+            out["require_significant"] = self.require_significant
+        if self.layer_overrides:
+            out["layer_overrides"] = {
+                o.pattern: {**{f"{m}_min": b.value for m, b in o.bounds.items()}, **({"skip": True} if o.skip else {})}
+                for o in self.layer_overrides
+            }
+        metrics: dict[str, Any] = {}
+        for name in self.explicit_metrics:
+            g = self.metrics[name]
+            entry: dict[str, Any] = {k: getattr(g, k).value for k in ("drop_max", "drop_max_rel") if getattr(g, k)}
+            if g.require_significant != self.require_significant:
+                entry["require_significant"] = g.require_significant
+            metrics[name] = entry
+        if metrics:
+            out["metrics"] = dict(sorted(metrics.items()))
+        return out
+
+    @classmethod
+    def from_table(cls, reader: TableReader | None, *, metric_names: Sequence[str] = (),
+                   headline: str | None = None) -> GatesConfig:
+        """Read ``[gates]`` (``reader`` None = table absent: all defaults). ``metric_names`` are the metrics
+        this suite produces (valid ``[gates.metrics]`` keys); ``headline`` gets the default drop gate."""
+        scalars: dict[str, Bound] = {k: Bound(float(v), src) for k, (v, src, _, _) in SCALAR_GATES.items()
+                                     if v is not None}
+        if reader is None:
+            reader = TableReader({}, file=_NOFILE, table="gates")
+        valid = ["preset", *SCALAR_GATES, "require_significant", "layer_overrides", "metrics"]
+        reader.check_keys(valid)
+        preset = reader.str("preset", default=None, choices=tuple(PRESETS))
+        if preset is not None:
+            cos, euc, src = PRESETS[preset]
+            for scope in ("layer", "output"):
+                scalars[f"{scope}_cosine_min"] = Bound(cos, f"preset {preset}: {src}")
+                scalars[f"{scope}_euclid_min"] = Bound(euc, f"preset {preset}: {src}")
+        explicit = set()
+        for key, (_, _, _, op) in SCALAR_GATES.items():
+            if reader.has(key):
+                if key == "calibration_overlap_max":
+                    value = float(reader.int(key, low=0))
+                else:
+                    similarity = key.endswith(("cosine_min", "euclid_min"))
+                    value = reader.float(key, low=0.0 if op == "<=" or similarity else None,
+                                         high=1.0 if similarity else None)
+                scalars[key] = Bound(value, f"{reader.file} [gates] {key}")
+                explicit.add(key)
+        require_sig = reader.bool("require_significant", default=False)
+        if reader.has("require_significant"):
+            explicit.add("require_significant")
+        overrides = _read_overrides(reader.sub("layer_overrides"))
+        metrics, explicit_metrics = _read_metric_gates(reader.sub("metrics"), metric_names, headline, require_sig)
+        return cls(scalars=scalars, layer_overrides=overrides, metrics=metrics, require_significant=require_sig,
+                   preset=preset, explicit=frozenset(explicit), explicit_metrics=frozenset(explicit_metrics))
+
+
+# A suite without a [gates] table reads an empty one; no key means no error, so this name is never shown.
+_NOFILE = Path("<no [gates] table>")
+
+
+def _read_overrides(reader: TableReader | None) -> tuple[LayerOverride, ...]:
+    if reader is None:
+        return ()
+    out = []
+    for pattern in reader.data:
+        sub = reader.sub(pattern)
+        assert sub is not None
+        keys = [f"{m}_min" for m in LAYER_METRICS] + ["skip"]
+        sub.check_keys(keys, hint='e.g. "conv_dw_*" = { cosine_min = 0.95 }')
+        bounds = {}
+        for m in LAYER_METRICS:
+            if sub.has(f"{m}_min"):
+                high = None if m == "sqnr_db" else 1.0
+                bounds[m] = Bound(sub.float(f"{m}_min", high=high), f"{reader.file} [gates.layer_overrides] {pattern!r}")
+        skip = sub.bool("skip", default=False)
+        if not bounds and not skip:
+            raise sub.error("", "is empty", expected="at least one of cosine_min, euclid_min, sqnr_db_min or skip")
+        out.append(LayerOverride(pattern=pattern, bounds=bounds, skip=skip))
+    return tuple(out)
+
+
+def _read_metric_gates(reader: TableReader | None, names: Sequence[str], headline: str | None,
+                       require_sig: bool) -> tuple[dict[str, DropGate], set[str]]:
+    gates: dict[str, DropGate] = {}
+    if headline is not None:
+        value, src = _METRIC_DROP_DEFAULT
+        gates[headline] = DropGate(drop_max_rel=Bound(value, src), require_significant=require_sig)
+    if reader is None:
+        return gates, set()
+    reader.check_keys(names, hint="metric names depend on [suite] task, [data] format and [metrics] topk")
+    for name in reader.data:
+        sub = reader.sub(name)
+        assert sub is not None
+        sub.check_keys(["drop_max", "drop_max_rel", "require_significant"])
+        src = f"{reader.file} [gates.metrics] {name}"
+        absolute = sub.float("drop_max", default=None, low=0.0)
+        rel = sub.float("drop_max_rel", default=None, low=0.0, high=1.0)
+        if absolute is None and rel is None:
+            raise sub.error("drop_max", "missing", expected="drop_max and/or drop_max_rel",
+                            remedy=f"{name} = {{ drop_max = 0.02 }} (absolute) or {{ drop_max_rel = 0.05 }}")
+        gates[name] = DropGate(
+            drop_max=Bound(absolute, f"{src}.drop_max") if absolute is not None else None,
+            drop_max_rel=Bound(rel, f"{src}.drop_max_rel") if rel is not None else None,
+            require_significant=sub.bool("require_significant", default=require_sig),
+        )
+    return gates, set(reader.data)

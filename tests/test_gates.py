@@ -1,0 +1,202 @@
+"""Gates on hand-made observations: bounds and sources, override precedence, least passing bound,
+significance semantics, expected failures."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from harness.errors import ConfigError
+from harness.gates import (
+    Bound,
+    DropGate,
+    GatesConfig,
+    check_drop,
+    check_layers,
+    check_max,
+    check_min,
+    layer_bounds,
+    resolve_expectation,
+)
+from harness.suite_schema import TableReader
+
+FILE = Path("/suites/x.toml")
+
+
+def config(table: dict | None = None, **kw) -> GatesConfig:
+    reader = None if table is None else TableReader(table, file=FILE, table="gates")
+    return GatesConfig.from_table(reader, metric_names=kw.get("names", ("map",)), headline=kw.get("headline", "map"))
+
+
+def test_check_min_and_max_are_inclusive_and_truthy() -> None:
+    assert check_min("layer_cosine_min", 0.99, 0.99)
+    assert not check_min("layer_cosine_min", 0.9899, 0.99)
+    assert check_max("output_bmrt_tol", 0.01, 0.01)
+    v = check_max("output_bmrt_tol", 0.03, Bound(0.01, "default: bmrt_test"))
+    assert not v and v.least_passing == 0.03 and v.op == "<=" and v.check == "bmrt"
+    first, second = v.text.splitlines()
+    assert "FAILED" in first and "0.03" in first and "bmrt_test" in first and "would pass with" in first
+    assert "int8 kernels" in second
+
+
+def test_nan_never_passes() -> None:
+    v = check_min("layer_cosine_min", math.nan, 0.5)
+    assert not v and "undefined" in v.message and v.least_passing is None
+
+
+def test_defaults_carry_their_sources() -> None:
+    cfg = config()
+    assert cfg.bound("layer_cosine_min") == Bound(0.8, cfg.bound("layer_cosine_min").source)
+    assert "tpu-mlir model_deploy" in cfg.bound("layer_cosine_min").source
+    assert cfg.bound("layer_euclid_min").value == 0.5
+    assert cfg.bound("layer_sqnr_db_min") is None  # off
+    assert "bmrt_test" in cfg.bound("output_bmrt_tol").source and cfg.bound("output_bmrt_tol").value == 0.01
+    assert cfg.metrics["map"].drop_max_rel.value == 0.01 and "Neural Compressor" in cfg.metrics["map"].drop_max_rel.source
+    assert cfg.to_dict() == {}  # nothing was written by the author
+
+
+def test_preset_then_explicit_key_wins() -> None:
+    cfg = config({"preset": "mobilenet_v2", "output_cosine_min": 0.99})
+    assert cfg.bound("layer_cosine_min").value == 0.95 and "mobilenet_v2" in cfg.bound("layer_cosine_min").source
+    assert cfg.bound("layer_euclid_min").value == 0.69
+    assert cfg.bound("output_cosine_min") == Bound(0.99, f"{FILE} [gates] output_cosine_min")
+    assert cfg.check("output_cosine_min", 0.985).source.endswith("output_cosine_min")
+
+
+OVERRIDES = {
+    "layer_cosine_min": 0.99,
+    "layer_sqnr_db_min": 20.0,
+    "layer_overrides": {
+        "conv_dw_*": {"cosine_min": 0.95},
+        "conv_*": {"cosine_min": 0.90, "sqnr_db_min": 10.0},
+        "conv_dw_3": {"cosine_min": 0.80},
+        "argmax*": {"skip": True},
+    },
+}
+
+
+def test_override_precedence_exact_then_globs_in_order_then_global_per_metric() -> None:
+    cfg = config(OVERRIDES)
+    assert layer_bounds("conv_dw_3", cfg)["cosine"].value == 0.80  # exact name beats every glob
+    b = layer_bounds("conv_dw_1", cfg)
+    assert b["cosine"].value == 0.95  # first matching glob in file order
+    assert b["sqnr_db"].value == 10.0  # not set by conv_dw_*: falls through to conv_*, per metric
+    assert b["euclid"].value == 0.5  # set by no override: the global default
+    assert layer_bounds("fc", cfg)["cosine"].value == 0.99 and layer_bounds("fc", cfg)["sqnr_db"].value == 20.0
+    assert layer_bounds("argmax_out", cfg) is None
+    assert "conv_dw_*" in b["cosine"].source
+
+
+def test_layer_report_counts_worst_first_and_least_passing() -> None:
+    cfg = config(OVERRIDES)
+    obs = [
+        ("conv_1", {"cosine": 0.97, "sqnr_db": 25.0}),
+        ("conv_dw_1", {"cosine": 0.94, "sqnr_db": 12.0}),  # first divergent (0.94 < 0.95)
+        ("conv_dw_3", {"cosine": 0.85}),
+        ("fc", {"cosine": 0.50, "sqnr_db": 30.0}),  # worst: far below 0.99
+        ("argmax_out", {"cosine": -1.0}),  # skipped
+    ]
+    report = check_layers(obs, cfg)
+    assert not report
+    assert [v.subject for v in report.failed] == ["conv_dw_1", "fc"]
+    s = report.summary
+    assert s.subject == "fc" and s.observed == 0.5 and s.bound == 0.99 and s.least_passing == 0.5
+    assert s.details["first_divergent"] == "conv_dw_1" and s.details["n_layers_failed"] == 2
+    assert s.details["n_layers"] == 4
+    first, second = s.text.splitlines()
+    assert "2 of 4 layers" in first and "worst fc" in first and "first divergent conv_dw_1" in first
+    assert "conv_dw_1" in second and "float_layers" in second
+
+
+def test_layer_report_passes_and_names_tightest() -> None:
+    report = check_layers([("a", {"cosine": 0.999}), ("b", {"cosine": 0.995})], config({"layer_cosine_min": 0.99}))
+    assert report and report.summary.subject == "b" and "passed" in report.summary.message
+
+
+def test_drop_absolute_and_relative() -> None:
+    gate = DropGate(drop_max=Bound(0.02, "suite"))
+    assert check_drop("map", 0.70, 0.69, None, gate)
+    v = check_drop("map", 0.70, 0.66, None, gate)
+    assert not v and math.isclose(v.observed, 0.04) and math.isclose(v.least_passing, 0.04)
+    rel = DropGate(drop_max_rel=Bound(0.05, "suite"))
+    assert check_drop("top1", 0.80, 0.77, None, rel)  # 3.75 % relative
+    v = check_drop("top1", 0.80, 0.75, None, rel)  # 6.25 %
+    assert not v and math.isclose(v.observed, 0.0625) and v.gate == "metrics.top1.drop_max_rel"
+    assert check_drop("top1", 0.80, 0.85, None, rel)  # int8 better: negative drop passes
+
+
+def test_drop_both_limits_must_hold() -> None:
+    gate = DropGate(drop_max=Bound(0.05, "a"), drop_max_rel=Bound(0.01, "r"))
+    v = check_drop("map", 0.5, 0.49, None, gate)  # 0.01 absolute ok, 2 % relative not
+    assert not v and v.gate.endswith("drop_max_rel")
+
+
+def test_significance_semantics() -> None:
+    gate = DropGate(drop_max=Bound(0.02, "suite"), require_significant=True)
+    # over the limit and the CI excludes 0: fails
+    assert not check_drop("map", 0.70, 0.65, (0.01, 0.09), gate)
+    # over the limit but the CI includes 0: passes, and says so; no bound would have been needed
+    v = check_drop("map", 0.70, 0.65, (-0.01, 0.11), gate)
+    assert v and "not significant" in v.message and v.least_passing is None
+    # significant but under the limit: passes
+    assert check_drop("map", 0.70, 0.69, (0.005, 0.015), gate)
+    # without an interval the point estimate decides, and the message says so
+    v = check_drop("map", 0.70, 0.65, None, gate)
+    assert not v and "point estimate decides" in v.message
+    # require_significant = false: the CI is shown but does not rescue the drop
+    assert not check_drop("map", 0.70, 0.65, (-0.01, 0.11), DropGate(drop_max=Bound(0.02, "s")))
+
+
+def test_drop_accepts_bootstrap_result() -> None:
+    import numpy as np
+
+    from harness.metrics import paired_bootstrap
+
+    fp32 = np.array([1.0] * 40 + [0.0] * 10)
+    int8 = np.array([1.0] * 30 + [0.0] * 20)
+    boot = paired_bootstrap(fp32, int8, n_resamples=300, seed=1)
+    v = check_drop("top1", float(fp32.mean()), float(int8.mean()), boot,
+                   DropGate(drop_max=Bound(0.1, "s"), require_significant=True))
+    assert not v and v.details["significant"] and v.details["ci_low"] > 0
+
+
+def test_metric_gate_config_and_require_significant_inheritance() -> None:
+    cfg = config({"require_significant": True, "metrics": {"top1": {"drop_max_rel": 0.05},
+                                                           "top5": {"drop_max": 0.01, "require_significant": False}}},
+                 names=("top1", "top5"), headline="top1")
+    assert cfg.metrics["top1"].require_significant and not cfg.metrics["top5"].require_significant
+    assert cfg.metrics["top1"].drop_max is None  # replaces the default gate entirely
+    with pytest.raises(ConfigError, match="drop_max and/or drop_max_rel"):
+        config({"metrics": {"map": {"require_significant": True}}})
+
+
+def test_gate_keys_are_validated() -> None:
+    with pytest.raises(ConfigError, match="layer_cosine_min"):
+        config({"layer_cosin_min": 0.9})
+    with pytest.raises(ConfigError, match="an integer"):
+        config({"calibration_overlap_max": 0.5})
+    with pytest.raises(ConfigError, match="is empty"):
+        config({"layer_overrides": {"x*": {}}})
+    with pytest.raises(ConfigError, match="ssd300"):
+        config({"preset": "yolo"})
+
+
+def test_round_trip_of_gates() -> None:
+    table = {"preset": "ultraface", "layer_sqnr_db_min": 12.0, "require_significant": True, **{
+        "layer_overrides": OVERRIDES["layer_overrides"], "metrics": {"map": {"drop_max": 0.02}}}}
+    cfg = config(table)
+    assert config(cfg.to_dict()) == cfg
+
+
+def test_expected_failure_is_strict() -> None:
+    ok = check_min("layer_cosine_min", 0.99, 0.9)
+    bad = check_min("layer_cosine_min", 0.5, 0.9)
+    other = check_max("input_parity_max_abs", 1.0, 0.0)
+    assert resolve_expectation([ok], expect="pass", expect_reason=None)
+    assert not resolve_expectation([ok, bad], expect="pass", expect_reason=None)
+    assert resolve_expectation([bad], expect="fail", expect_reason="layerwise")
+    xpass = resolve_expectation([ok], expect="fail", expect_reason="layerwise")
+    assert not xpass and "passed" in xpass.message
+    assert not resolve_expectation([ok, other], expect="fail", expect_reason="layerwise")
