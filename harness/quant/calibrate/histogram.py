@@ -128,11 +128,11 @@ class HistogramCalibrator(Calibrator):
         k = np.float64(self.bins / span if span > 0 else 0.0)
         flat = np.asarray(a).reshape(-1)
         magnitude = self._is_magnitude()
-        # Cost matters here (pass 2 touches every activation once): work on float32 chunks in
-        # reused buffers and let one ufunc do "cast to float64, multiply, truncate to int". The
-        # float64 product is exact-as-before (float32 -> float64 is exact), and truncation equals
-        # floor for the non-negative values that land inside the histogram; anything negative or
-        # past the top is clipped to the end bins either way.
+        # Cost matters here (pass 2 touches every activation once): small chunks in reused
+        # buffers (they stay in cache), zeros counted on the integer view, the clamp skipped when
+        # the chunk's maximum already lands inside, and truncation instead of floor (equal for the
+        # non-negative values that land inside the histogram; anything negative or past the top is
+        # clipped to the end bins either way). np.bincount is then most of the cost.
         vbuf, ibuf = _scratch(np.float32 if flat.dtype != np.float64 else np.float64)
         for start in range(0, flat.size, FILL_CHUNK):
             chunk = flat[start:start + FILL_CHUNK]
