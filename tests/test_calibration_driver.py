@@ -183,3 +183,10 @@ def test_bn_folded_before_calibration():
     assert [p.node for p in pairs] == ["conv1"]
     sites = activation_sites(folded, get_profile("ncnn-int8"))
     assert sites == [("input", "conv1"), ("flat", "fc")]
+
+
+def test_overlapped_sessions_give_identical_ranges(residual):
+    tensors = [t for t, _ in activation_sites(residual.proto, get_profile("ncnn-int8"))]
+    plain = run_calibrators(residual, {t: make_calibrator("kl") for t in tensors}, batches(7))
+    overlapped = run_calibrators(residual, {t: make_calibrator("kl") for t in tensors}, batches(7), overlap=True)
+    assert plain == overlapped
