@@ -113,8 +113,9 @@ class SSDLite(nn.Module):
 def load_split(root: Path, split: str, cache: Path | None) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """Pre-decode a split once: uint8 RGB [N, 160, 160, 3] (harness stretch resize) + normalised boxes."""
     if cache is not None and cache.exists():
-        z = np.load(cache, allow_pickle=True)
-        return z["images"], list(z["boxes"]), list(z["labels"])
+        z = np.load(cache)  # flat arrays + per-image counts: no object arrays, so no pickle
+        splits = np.cumsum(z["counts"])[:-1]
+        return z["images"], np.split(z["boxes"], splits), np.split(z["labels"], splits)
     ds = VOCDataset(root, split=split, classes=CLASSES)
     spec = PreprocessSpec(size=INPUT_SIZE, channel_order="rgb", resize="stretch", dtype="uint8", layout="NHWC")
     images = np.zeros((len(ds), INPUT_SIZE[1], INPUT_SIZE[0], 3), np.uint8)
@@ -127,11 +128,9 @@ def load_split(root: Path, split: str, cache: Path | None) -> tuple[np.ndarray, 
         boxes.append(normalize_xyxy(voc_to_xyxy(t.boxes), t.image_size).astype(np.float32))
         labels.append(t.labels.astype(np.int64))
     if cache is not None:
-        bo = np.empty(len(boxes), object)
-        bo[:] = boxes
-        la = np.empty(len(labels), object)
-        la[:] = labels
-        np.savez(cache, images=images, boxes=bo, labels=la)
+        counts = np.array([len(b) for b in boxes], np.int64)
+        np.savez(cache, images=images, counts=counts,
+                 boxes=np.concatenate(boxes).reshape(-1, 4), labels=np.concatenate(labels))
     return images, boxes, labels
 
 
