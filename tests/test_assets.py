@@ -3,8 +3,8 @@
 Checks that the committed files are what ``suites/assets/README.md`` says: ONNX opset 13 models with
 BatchNormalization nodes (so the harness's BN folding is exercised), documented input/output names and
 shapes, a prior count that matches ``harness.tasks.prior_boxes`` for the documented PriorBox parameters,
-size budgets, and an fp32 accuracy floor on a subset through the harness pipeline
-(``tools/evaluate_assets.py``).
+size budgets, and fp32 accuracy floors through the harness pipeline (``tools/evaluate_assets.py``): the
+detector's mAP bar on the full detection test split, the classifier's top-1 on a subset.
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ CLASSIFIER = ASSETS / "resnet_shapes.onnx"
 MODEL_BUDGET_BYTES = 5 * 1024 * 1024
 ASSETS_BUDGET_BYTES = 15 * 1024 * 1024
 
-# Floors for the fp32 subset checks, set below the measured values (see suites/assets/README.md)
-# with a margin for onnxruntime version noise, but high enough that a broken pipeline (wrong box
+# Floors for the fp32 checks (measured values in suites/assets/README.md). The detector's is the bar the
+# bundled model must meet, on the whole test split (about 2 s); the classifier's sits below the measured
+# value with a margin for onnxruntime version noise. Both are high enough that a broken pipeline (wrong box
 # convention, wrong channel order or normalisation, permuted priors) fails them.
-DET_SUBSET_IMAGES = 60
-DET_SUBSET_MIN_MAP = 0.74  # measured 0.7913
+DET_TEST_IMAGES = 300
+DET_MIN_MAP = 0.80  # measured 0.8164 (VOC07 11-point, IoU 0.5)
 CLS_SUBSET_EVERY = 5  # 120 of the 600 test images, 10 per class
 CLS_SUBSET_MIN_TOP1 = 0.95  # measured 1.0000
 
@@ -112,10 +113,10 @@ def test_evaluation_data_layout() -> None:
     assert list(test.class_names) == _sidecar(CLASSIFIER)["classes"]
 
 
-def test_detector_fp32_map_on_subset(evaluate_assets) -> None:
-    res = evaluate_assets.evaluate_detector(DETECTOR, limit=DET_SUBSET_IMAGES, threads=2)
-    assert res["n_images"] == DET_SUBSET_IMAGES
-    assert res["map"] >= DET_SUBSET_MIN_MAP, f"fp32 mAP {res['map']:.4f} on {DET_SUBSET_IMAGES} images; AP {res['ap']}"
+def test_detector_fp32_map_on_test_split(evaluate_assets) -> None:
+    res = evaluate_assets.evaluate_detector(DETECTOR, threads=2)
+    assert res["n_images"] == DET_TEST_IMAGES
+    assert res["map"] >= DET_MIN_MAP, f"fp32 mAP {res['map']:.4f} on {DET_TEST_IMAGES} images; AP {res['ap']}"
 
 
 def test_classifier_fp32_top1_on_subset(evaluate_assets) -> None:

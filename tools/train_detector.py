@@ -8,6 +8,13 @@ written next to the model (``ssdlite_shapes.json``) for the evaluation script an
 
     python tools/train_detector.py --data /tmp/shapes/VOCdevkit/VOC2007 \
         --out suites/assets/ssdlite_shapes.onnx --epochs 40 --seed 0
+
+Fine-tune leg: resume from ``--ckpt`` and give only this leg its own learning-rate schedule
+(``--leg-lr``, ``--leg-schedule``), optionally measuring val mAP after each epoch and exporting the
+epoch with the best val mAP (``--val-every``)::
+
+    python tools/train_detector.py --data /tmp/shapes/VOCdevkit/VOC2007 --batch 16 --seed 0 \
+        --epochs 73 --leg-lr 4e-4 --leg-schedule cosine --val-every 1
 """
 
 from __future__ import annotations
@@ -236,6 +243,48 @@ def multibox_loss(conf_logits, loc_pred, conf_t, loc_t, neg_pos: int = 3):
 
 
 # --------------------------------------------------------------------------------------------- main
+def leg_lr(base_lr: float, schedule: str, progress: float) -> float:
+    """Learning rate of a fine-tune leg at ``progress`` (0..1 of the leg): no warm-up, the optimiser is warm."""
+    if schedule == "constant":
+        return base_lr
+    return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def val_map(model: SSDLite, data: Path, onnx_path: Path, threads: int) -> tuple[float, dict[str, float]]:
+    """fp32 mAP of ``model`` on the ``val`` split of ``data``, through the same ONNX export and harness
+    pipeline as ``tools/evaluate_assets.py`` (the scratch export goes to ``onnx_path``, not to ``--out``)."""
+    import evaluate_assets  # tools/ is on sys.path; no torch inside, so the import is cheap
+
+    was_training = model.training
+    model.eval()
+    model.export_mode = True
+    try:
+        export_onnx(model, torch.zeros(1, 3, INPUT_SIZE[1], INPUT_SIZE[0]), onnx_path, input_name="input",
+                    output_names=["scores", "boxes"])
+        write_json(onnx_path.with_suffix(".json"), sidecar(onnx_path, make_priors(), model))
+        res = evaluate_assets.evaluate_detector(onnx_path, data, split="val", threads=threads)
+    finally:
+        model.export_mode = False
+        model.train(was_training)
+    return res["map"], res["ap"]
+
+
+def sidecar(out: Path, priors: np.ndarray, model: nn.Module) -> dict:
+    """The JSON written next to the model: what ``tools/evaluate_assets.py`` and the tests read."""
+    return {
+        "model": out.name,
+        "input": {"name": "input", "shape": [1, 3, INPUT_SIZE[1], INPUT_SIZE[0]]},
+        "outputs": {"scores": [1, int(priors.shape[0]), len(CLASSES) + 1], "boxes": [1, int(priors.shape[0]), 4]},
+        "classes": list(CLASSES),
+        "background_label": 0,
+        "preprocess": PREPROCESS.to_dict(),
+        "prior_boxes": {"image_size": list(INPUT_SIZE), "clip": PRIOR_CLIP, "variances": list(VARIANCES),
+                        "layers": PRIOR_LAYERS},
+        "num_priors": int(priors.shape[0]),
+        "params": count_params(model),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True, help="VOC2007 root with a train split")
@@ -250,9 +299,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="time budget: the cosine schedule runs on max(step fraction, time fraction) and "
                     "training stops when either reaches 1 (the machine is shared, so epochs are unpredictable)")
-    ap.add_argument("--export-only", action="store_true")
+    ap.add_argument("--leg-lr", type=float, default=None,
+                    help="fine-tune leg: instead of the global cosine (--lr, warm-up, over all --epochs), this leg "
+                    "(resume epoch .. --epochs) starts at LEG_LR without warm-up and follows --leg-schedule over "
+                    "its own steps; with --max-minutes (still the cumulative total) over the minutes left in "
+                    "the budget, whichever is further along")
+    ap.add_argument("--leg-schedule", choices=("cosine", "constant"), default="cosine",
+                    help="with --leg-lr: cosine from LEG_LR to 0 over the leg, or LEG_LR throughout")
+    ap.add_argument("--val-every", type=int, default=0,
+                    help="measure fp32 val mAP (val split of --data, harness pipeline of tools/evaluate_assets.py) "
+                    "before this leg and after every N of its epochs and at its end; export the weights with the "
+                    "best val mAP (kept in <ckpt>.best) instead of the last ones. 0 = off, export the last weights")
+    ap.add_argument("--export-only", action="store_true",
+                    help="export from the checkpoint, no training (with --val-every: from <ckpt>.best, as written by "
+                    "the last leg run with --val-every, if present)")
     args = ap.parse_args(argv)
     setup(args.seed, args.threads)
+    best_path = args.ckpt.with_suffix(".best")  # best-val weights of the leg (--val-every)
+    val_onnx = args.ckpt.with_name(args.ckpt.stem + "_val.onnx")  # scratch export for the val measurements
 
     priors = make_priors()
     priors_corner = torch.from_numpy(center_to_corner(priors))
@@ -272,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resumed at epoch {start_epoch}", flush=True)
 
     timer = Timer()
+    export_state = None  # None: export the current weights
     if not args.export_only and start_epoch < args.epochs:
         images, boxes, labels = load_split(args.data, "train", args.cache)
         print(f"loaded {len(images)} train images in {timer.minutes():.2f} min", flush=True)
@@ -279,6 +344,18 @@ def main(argv: list[str] | None = None) -> int:
         steps_per_epoch = n // args.batch
         total = steps_per_epoch * args.epochs
         warm = steps_per_epoch
+        leg_first_step = start_epoch * steps_per_epoch
+        leg_steps = total - leg_first_step
+        leg_budget = None if args.max_minutes is None else max(1e-6, args.max_minutes - prior_minutes)
+        best = None  # (val mAP, epoch) of the best weights of this leg; epoch start_epoch - 1 = the resumed ones
+        if args.val_every > 0:
+            val_minutes = Timer()
+            m, ap_cls = val_map(model, args.data, val_onnx, args.threads)
+            best = (m, start_epoch - 1)
+            torch.save({"model": model.state_dict(), "epoch": start_epoch - 1, "val_map": m, "val_ap": ap_cls},
+                       best_path)
+            print(f"val mAP {m:.4f} before the leg (epoch {start_epoch}) ({val_minutes.minutes() * 60:.0f} s)",
+                  flush=True)
         done = False
         for epoch in range(start_epoch, args.epochs):
             rng = np.random.default_rng([args.seed, epoch])
@@ -288,11 +365,17 @@ def main(argv: list[str] | None = None) -> int:
             tot_l = tot_c = 0.0
             for it in range(steps_per_epoch):
                 step = epoch * steps_per_epoch + it
-                progress = schedule_progress(step, total, prior_minutes + timer.minutes(), args.max_minutes)
+                if args.leg_lr is None:
+                    progress = schedule_progress(step, total, prior_minutes + timer.minutes(), args.max_minutes)
+                else:
+                    progress = schedule_progress(step - leg_first_step, leg_steps, timer.minutes(), leg_budget)
                 if progress >= 1.0:
                     done = True
                     break
-                lr = cosine_lr(args.lr, progress, step, warm)
+                if args.leg_lr is None:
+                    lr = cosine_lr(args.lr, progress, step, warm)
+                else:
+                    lr = leg_lr(args.leg_lr, args.leg_schedule, progress)
                 for g in opt.param_groups:
                     g["lr"] = lr
                 idx = order[it * args.batch : (it + 1) * args.batch]
@@ -323,26 +406,33 @@ def main(argv: list[str] | None = None) -> int:
                 f"lr {lr:.2e} elapsed {prior_minutes + timer.minutes():.1f} min (step {step + 1})",
                 flush=True,
             )
+            last = done or epoch == args.epochs - 1
+            if best is not None and ((epoch + 1 - start_epoch) % args.val_every == 0 or last):
+                m, ap_cls = val_map(model, args.data, val_onnx, args.threads)
+                if m > best[0]:
+                    best = (m, epoch)
+                    torch.save({"model": model.state_dict(), "epoch": epoch, "val_map": m, "val_ap": ap_cls},
+                               best_path)
+                print(f"val mAP {m:.4f} after epoch {epoch + 1} (best {best[0]:.4f} after epoch {best[1] + 1})",
+                      flush=True)
             if done:
                 print("schedule finished (time budget); exporting", flush=True)
                 break
+
+        if best is not None:
+            export_state = torch.load(best_path, map_location="cpu", weights_only=False)
+    elif args.export_only and args.val_every > 0 and best_path.exists():
+        export_state = torch.load(best_path, map_location="cpu", weights_only=False)
+    if export_state is not None:
+        model.load_state_dict(export_state["model"])
+        print(f"exporting the best-val weights: epoch {export_state['epoch'] + 1}, val mAP "
+              f"{export_state['val_map']:.4f}", flush=True)
 
     model.eval()
     model.export_mode = True
     export_onnx(model, torch.zeros(1, 3, INPUT_SIZE[1], INPUT_SIZE[0]), args.out, input_name="input",
                 output_names=["scores", "boxes"])
-    write_json(args.out.with_suffix(".json"), {
-        "model": args.out.name,
-        "input": {"name": "input", "shape": [1, 3, INPUT_SIZE[1], INPUT_SIZE[0]]},
-        "outputs": {"scores": [1, int(priors.shape[0]), len(CLASSES) + 1], "boxes": [1, int(priors.shape[0]), 4]},
-        "classes": list(CLASSES),
-        "background_label": 0,
-        "preprocess": PREPROCESS.to_dict(),
-        "prior_boxes": {"image_size": list(INPUT_SIZE), "clip": PRIOR_CLIP, "variances": list(VARIANCES),
-                        "layers": PRIOR_LAYERS},
-        "num_priors": int(priors.shape[0]),
-        "params": count_params(model),
-    })
+    write_json(args.out.with_suffix(".json"), sidecar(args.out, priors, model))
     print(f"exported {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) after {timer.minutes():.1f} min", flush=True)
     return 0
 
