@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["pytester"]  # tests/test_plugin.py drives the suite plugin in throw-away projects
+
 REPO_ROOT = Path(__file__).resolve().parent
 REALMODELS_ENV = "QUANT_HARNESS_REALMODELS"
 

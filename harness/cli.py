@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "harness.commands.compare",
     "harness.commands.metrics",
     "harness.commands.golden",
+    "harness.commands.report",
 )
 
 EXIT_USER_ERROR = 2

@@ -370,10 +370,12 @@ def resolve_expectation(verdicts: Sequence[Verdict], *, expect: str, expect_reas
     failed = [v for v in verdicts if not v.passed]
     if expect == "pass":
         worst = failed[0] if failed else None
-        msg = worst.message if worst else f"all {len(verdicts)} gates passed"
+        # `is not None`: a failed Verdict is falsy, so `if worst` would report "all passed" for a failure.
+        msg = worst.message if worst is not None else f"all {len(verdicts)} gates passed"
         return Verdict(check="suite", gate="expect", passed=not failed, observed=float(len(failed)), bound=0.0,
                        op="<=", source="[suite] expect = 'pass'", least_passing=None, message=msg,
-                       remedy=worst.remedy if worst else "nothing to do", details={"n_failed": len(failed)})
+                       remedy=worst.remedy if worst is not None else "nothing to do",
+                       details={"n_failed": len(failed)})
     hit = [v for v in failed if v.check == expect_reason]
     if hit:
         msg = f"expected failure confirmed: {expect_reason} failed as required ({hit[0].message})"

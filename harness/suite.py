@@ -73,6 +73,7 @@ class Suite(_Replaceable):
     quant: QuantConfig
     metrics: MetricsConfig | None
     gates: GatesConfig
+    golden_from: str | None = None
 
     @property
     def base_dir(self) -> Path:
@@ -91,6 +92,8 @@ class Suite(_Replaceable):
                                  "expect": self.expect}
         if self.expect_reason is not None:
             suite["expect_reason"] = self.expect_reason
+        if self.golden_from is not None:
+            suite["golden_from"] = self.golden_from
         model: dict[str, Any] = {"path": portable_path(self.model.path, base)}
         if self.model.reference is not None:
             model["reference"] = portable_path(self.model.reference, base)
@@ -129,7 +132,7 @@ def suite_from_dict(data: Mapping[str, Any], *, path: str | Path) -> Suite:
     root = TableReader(data, file=path, table="")
     root.check_keys(_TOP_LEVEL, hint="the top level holds tables only")
     info = root.sub("suite") or TableReader({}, file=path, table="suite")
-    info.check_keys(("name", "task", "description", "expect", "expect_reason"))
+    info.check_keys(("name", "task", "description", "expect", "expect_reason", "golden_from"))
     name = _suite_name(info, path)
     task = info.str("task", choices=TASKS)
     expect = info.str("expect", default="pass", choices=("pass", "fail"))
@@ -182,7 +185,17 @@ def suite_from_dict(data: Mapping[str, Any], *, path: str | Path) -> Suite:
     gates = GatesConfig.from_table(root.sub("gates"), metric_names=names, headline=names[0] if names else None)
     return Suite(path=path, name=name, task=task, description=info.str("description", default=""), expect=expect,
                  expect_reason=expect_reason, model=model, preprocess=preprocess, data=data,
-                 postprocess=postprocess, quant=quant, metrics=metrics, gates=gates)
+                 postprocess=postprocess, quant=quant, metrics=metrics, gates=gates,
+                 golden_from=_golden_from(info, name))
+
+
+def _golden_from(info: TableReader, name: str) -> str | None:
+    """Another suite whose golden fp32 dumps this suite compares against (same model, other profile)."""
+    other = info.str("golden_from", default=None)
+    if other is not None and (not _NAME_RE.match(other) or other == name):
+        raise info.error("golden_from", f"= {other!r}", expected="the name of another suite",
+                         remedy="name the suite whose golden holds this model's fp32 dumps")
+    return other
 
 
 def _suite_name(info: TableReader, path: Path) -> str:

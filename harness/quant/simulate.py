@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -66,6 +66,9 @@ class QdqModel:
     code_tensors: dict[str, str]
     #: tensor name -> name of its dequantised tensor as the consumers read it.
     dequantized_tensors: dict[str, str]
+    #: (tensor, consumer) -> the dequantised tensor that consumer reads, for every activation site (a
+    #: tensor quantised per consumer has no entry in ``dequantized_tensors``).
+    edge_dequantized: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def write_qdq_model(proto: onnx.ModelProto, plan: QuantPlan, *, exact_rounding: bool = True) -> QdqModel:
@@ -108,7 +111,7 @@ def write_qdq_model(proto: onnx.ModelProto, plan: QuantPlan, *, exact_rounding: 
         if plan.quantize_bias and node.op_type in ("Conv", "ConvTranspose", "Gemm") and len(node.input) > 2:
             writer.maybe_bias(node, display, plan, inits, original_inputs=original_inputs)
     writer.finish(model)
-    return QdqModel(model, writer.code_tensors, writer.dequantized)
+    return QdqModel(model, writer.code_tensors, writer.dequantized, dict(edge_inputs))
 
 
 def _order_key(tensor: str, graph: onnx.GraphProto) -> int:

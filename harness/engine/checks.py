@@ -1,0 +1,315 @@
+"""The checks of a suite (one pytest item each): stages in, verdicts and report sections out.
+
+Each function reads the stages it needs from :class:`~harness.engine.stages.SuiteStages` and turns them
+into :class:`~harness.gates.Verdict` objects through the suite's ``[gates]``; none of them prints. A
+:class:`~harness.errors.HarnessError` while computing (a corrupt golden, a missing image) becomes the
+check's ``error``: the item fails with that message and nothing is overwritten.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from harness.compare.stats import bmrt_allclose, tensor_stats
+from harness.engine.golden_io import GoldenHandle, relative_to_cwd
+from harness.engine.parity import diagnose
+from harness.engine.remedy import layer_remedy
+from harness.engine.results import CheckResult
+from harness.engine.stages import SuiteStages, stack
+from harness.errors import HarnessError
+from harness.golden.store import GoldenStore
+from harness.gates import Bound, Verdict, check_drop, check_layers, check_max, check_min, layer_bounds
+from harness.leakage import find_leakage
+
+_FP16_HALF_ULP = 2.0 ** -11  # relative rounding of a float16 dump
+_HIST_LAYERS = 4
+_HIST_BINS = 64
+
+
+def _fresh_verdict(stages: SuiteStages, check: str, g: GoldenHandle | None = None) -> Verdict:
+    g = g or stages.golden
+    what = "was missing and has been written" if g.state == "written" else "has been rewritten (--golden-update)"
+    return Verdict(check=check, gate="golden", passed=False, observed=float("nan"), bound=float("nan"), op="<=",
+                   source="harness: a golden is only trusted after a second run confirms it", least_passing=None,
+                   message=f"{check}: golden {relative_to_cwd(g.path)} {what}; this run cannot confirm it",
+                   remedy=f"run again to confirm, then commit {relative_to_cwd(g.path)}", subject=None)
+
+
+def _golden_sections(stages: SuiteStages, g: GoldenHandle | None = None) -> dict[str, Any]:
+    own = stages.golden
+    out = {"golden": {"path": relative_to_cwd(own.path), "state": own.state}}
+    if g is not None and g.path != own.path:
+        out["golden"]["fp32_dumps"] = relative_to_cwd(g.path)
+    return out
+
+
+# --- leakage --------------------------------------------------------------------------------------
+def leakage(stages: SuiteStages) -> CheckResult:
+    data = stages.data
+    bound = stages.suite.gates.bound("calibration_overlap_max")
+    report = find_leakage(data.calibration, [s.image_path for s in data.evaluation])
+    return CheckResult("leakage", [report.as_verdict(bound=bound)] if bound is not None else [])
+
+
+# --- input parity ---------------------------------------------------------------------------------
+def input_parity(stages: SuiteStages) -> CheckResult:
+    g = stages.fp32_golden
+    result = CheckResult("input-parity", sections=_golden_sections(stages, g))
+    if g.fresh:
+        result.verdicts.append(_fresh_verdict(stages, "input-parity", g))
+        return result
+    store = g.store
+    golden = store.read_tensor(store.names("input")[0], section="input")
+    ours = stages.probe.inputs
+    n = min(len(golden), len(ours))
+    bound = stages.suite.gates.bound("input_parity_max_abs")
+    found = diagnose(ours[:n], golden[:n], tolerance=bound.value)
+    verdict = check_max("input_parity_max_abs", found.max_abs, bound, check="input-parity",
+                        subject=stages.input_name)
+    if not verdict.passed:
+        verdict = _with_message(verdict, f"{verdict.message}; diagnosis: {found.diagnosis}",
+                                "fix [preprocess] as the diagnosis says (the golden input is what the deployed "
+                                "pipeline feeds); if the change is intended, rerun with --golden-update")
+    result.verdicts.append(verdict)
+    return result
+
+
+def _with_message(v: Verdict, message: str, remedy: str) -> Verdict:
+    from dataclasses import replace
+
+    return replace(v, message=message, remedy=remedy)
+
+
+# --- fp32 vs golden -------------------------------------------------------------------------------
+def fp32_golden(stages: SuiteStages) -> CheckResult:
+    g = stages.fp32_golden
+    result = CheckResult("fp32-golden", sections=_golden_sections(stages, g))
+    if g.fresh:
+        result.verdicts.append(_fresh_verdict(stages, "fp32-golden", g))
+        return result
+    store, probe, gates = g.store, stages.probe, stages.suite.gates
+    cos_bound, abs_bound = gates.bound("fp32_golden_cosine_min"), gates.bound("fp32_golden_max_abs")
+    changed = store.manifest.model_sha256 not in (None, stages.model.sha256)
+    note = " (the model file changed since the golden was written)" if changed else ""
+    # The layer verdict first: when the model changed, its first line names where (outputs only say that).
+    result.verdicts.append(_layers_vs_golden(stages, store, abs_bound, cos_bound, note))
+    for name in store.names("output"):
+        if name not in probe.outputs:
+            result.verdicts.append(_missing(name, "output", note))
+            continue
+        ref = store.read_tensor(name, section="output")
+        cur = stack(probe.outputs[name])
+        stats = tensor_stats(ref[: len(cur)], cur[: len(ref)])
+        result.verdicts += [check_min("fp32_golden_cosine_min", stats.cosine, cos_bound, subject=name),
+                            check_max("fp32_golden_max_abs", stats.max_abs_error, abs_bound, subject=name)]
+    return result
+
+
+def _missing(name: str, section: str, note: str) -> Verdict:
+    return Verdict(check="fp32-golden", gate="tensors", passed=False, observed=float("nan"), bound=float("nan"),
+                   op="<=", source="harness: the golden and the model must have the same tensors",
+                   least_passing=None, message=f"fp32-golden FAILED: golden {section} {name!r} is not produced by "
+                   f"the model any more{note}", remedy="the model changed; if intended, rerun with --golden-update",
+                   subject=name)
+
+
+def _layers_vs_golden(stages: SuiteStages, store: GoldenStore, abs_bound: Bound, cos_bound: Bound,
+                      note: str) -> Verdict:
+    """One verdict for all layers: the first tensor (topological order) that differs beyond the bound plus
+    the dump's own rounding (float16: half an ulp, 2^-11 relative)."""
+    probe = stages.probe
+    infos = {t.name: t for t in stages.layers}
+    worst_excess, n_failed, first = -math.inf, 0, None
+    names = store.names("layers")
+    for name in names:
+        if name not in probe.layers:
+            return _missing(name, "layer", note)
+        entry = store.entry(name, section="layers")
+        ref = store.read_tensor(name, section="layers").astype(np.float64)
+        cur = stack(probe.layers[name])[: len(ref)].astype(np.float64)
+        ref = ref[: len(cur)]
+        allowance = _FP16_HALF_ULP * np.abs(ref) if entry.dtype == "float16" else 0.0
+        excess = float(np.max(np.abs(cur - ref) - allowance)) if ref.size else 0.0
+        cosine = tensor_stats(ref, cur).cosine
+        bad = excess > abs_bound.value or not cosine >= cos_bound.value
+        worst_excess = max(worst_excess, excess)
+        if bad:
+            n_failed += 1
+            first = first or (name, excess, cosine)
+    if first is None:
+        return Verdict(check="fp32-golden", gate="fp32_golden_max_abs", passed=True, observed=worst_excess,
+                       bound=abs_bound.value, op="<=", source=abs_bound.source, least_passing=worst_excess,
+                       message=f"fp32-golden passed: {len(names)} layers within {abs_bound.value:g} of the golden "
+                               f"(beyond float16 dump rounding); largest excess {worst_excess:.3g}",
+                       remedy="nothing to do", subject=None, details={"n_layers": len(names)})
+    name, excess, cosine = first
+    info = infos.get(name)
+    where = f"{info.node_name} ({info.op_type}) -> tensor {name!r}" if info else repr(name)
+    return Verdict(check="fp32-golden", gate="fp32_golden_max_abs", passed=False, observed=excess,
+                   bound=abs_bound.value, op="<=", source=abs_bound.source, least_passing=worst_excess,
+                   message=f"fp32-golden FAILED: first differing layer {where}: max abs error {excess:.4g} beyond "
+                           f"dump rounding (bound {abs_bound.value:g}), cosine {cosine:.6f}; {n_failed} of "
+                           f"{len(names)} layers differ{note}",
+                   remedy=f"the fp32 model changed at {info.node_name if info else name} (weights, runtime or "
+                          "preprocessing); if intended, rerun with --golden-update and commit",
+                   subject=name, details={"n_failed": n_failed, "n_layers": len(names)})
+
+
+# --- layerwise ------------------------------------------------------------------------------------
+def layerwise(stages: SuiteStages) -> CheckResult:
+    run = stages.quant_probe
+    gates = stages.suite.gates
+    rows = run.layerwise.rows
+    observations = []
+    for r in rows:
+        if r.accumulated is not None:
+            observations.append((r.name, {"cosine": r.accumulated.cosine, "euclid": r.accumulated.euclid_similarity,
+                                          "sqnr_db": r.accumulated.sqnr_db}))
+    report = check_layers(observations, gates)
+    bounds = {r.name: layer_bounds(r.name, gates) for r in rows}
+    cosine_gate = {n: (b["cosine"].value if b and "cosine" in b else None) for n, b in bounds.items()}
+    from harness.compare.tolerance import Tolerance, ToleranceSet
+
+    tolerances = ToleranceSet(default=Tolerance(cosine=gates.layer_bound("cosine").value
+                                                if gates.layer_bound("cosine") else None),
+                              overrides=tuple((glob.escape(n), Tolerance(cosine=c)) for n, c in cosine_gate.items()))
+    divergence = run.layerwise.first_divergent_layer(tolerances)
+    first = None
+    summary = report.summary
+    if divergence is not None:
+        remedy = layer_remedy(stages.profile, divergence.node_name, divergence.name)
+        first = {"name": divergence.name, "node_name": divergence.node_name, "op_type": divergence.op_type,
+                 "index": divergence.index, "acc_cosine": divergence.accumulated.cosine,
+                 "local_cosine": divergence.local.cosine if divergence.local else None,
+                 "inherited_cosine": divergence.inherited, "bound": divergence.bound, "reason": divergence.reason,
+                 "remedy": remedy}
+        if not summary.passed:
+            summary = _with_message(summary, f"{summary.message}; {divergence.describe()}", remedy)
+    layer_rows = []
+    for r in run.layerwise.to_records():
+        b = bounds.get(r["name"]) or {}
+        layer_rows.append({**{k: r[k] for k in ("index", "name", "node_name", "op_type")},
+                           **{k: r[k] for k in r if k.startswith(("acc_", "local_")) and "nonfinite" not in k
+                              and "nmse" not in k},
+                           "cosine_min": b["cosine"].value if "cosine" in b else None,
+                           "euclid_min": b["euclid"].value if "euclid" in b else None,
+                           "sqnr_db_min": b["sqnr_db"].value if "sqnr_db" in b else None,
+                           "passed": not any(not v.passed for v in report.verdicts if v.subject == r["name"])})
+    sections = {"layers": layer_rows, "first_divergent": first, "histograms": _histograms(stages, rows),
+                "timing_s": dict(stages.timing)}
+    return CheckResult("layerwise", [summary], sections=sections)
+
+
+def _histograms(stages: SuiteStages, rows: list[Any]) -> list[dict[str, Any]]:
+    scored = [r for r in rows if r.accumulated is not None and math.isfinite(r.accumulated.cosine)]
+    worst = sorted(scored, key=lambda r: r.accumulated.cosine)[:_HIST_LAYERS]
+    ranges, symmetric = stages.quantized.ranges, stages.profile.activation_scheme.symmetric
+    out = []
+    for r in worst:
+        values = stack(stages.probe.layers[r.name]).astype(np.float64).ravel()
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            continue
+        counts, edges = np.histogram(values, bins=_HIST_BINS)
+        rng = ranges.get(r.name)
+        clip = None
+        if rng is not None:
+            clip = [-rng.threshold, rng.threshold] if symmetric else [rng.lo, rng.hi]
+        out.append({"tensor": r.name, "edges": edges.tolist(), "counts": counts.tolist(), "clip": clip,
+                    "log_counts": True})
+    return out
+
+
+# --- outputs --------------------------------------------------------------------------------------
+def outputs(stages: SuiteStages) -> CheckResult:
+    probe, run, gates = stages.probe, stages.quant_probe, stages.suite.gates
+    verdicts = []
+    for name, values in probe.outputs.items():
+        ref, sim = stack(values), stack(run.outputs[name])
+        stats = tensor_stats(ref, sim)
+        for key, value in (("output_cosine_min", stats.cosine), ("output_euclid_min", stats.euclid_similarity)):
+            if gates.bound(key) is not None:
+                verdicts.append(gates.check(key, value, subject=name))
+        if gates.bound("output_bmrt_tol") is not None and _has_int8_kernels(stages):
+            bm = bmrt_allclose(sim, stack(run.kernel_outputs[name]), tol=gates.bound("output_bmrt_tol").value)
+            v = gates.check("output_bmrt_tol", bm.min_passing_tolerance, subject=name)
+            verdicts.append(_with_message(v, f"{v.message}; simulate vs int8-kernels: {bm.summary()}", v.remedy))
+    return CheckResult("outputs", verdicts)
+
+
+def _has_int8_kernels(stages: SuiteStages) -> bool:
+    """bmrt compares the float simulation with onnxruntime's fused int8 kernels. Log-domain (NNIE) and 16-bit
+    tensors are written as float fake-quant subgraphs with no integer kernel, so there the "kernel" run only
+    re-associates float ops and flips values at rounding boundaries: the comparison would measure noise."""
+    scheme = stages.profile.activation_scheme
+    return scheme.domain == "uniform" and scheme.bits == 8
+
+
+# --- metrics --------------------------------------------------------------------------------------
+def metrics(stages: SuiteStages) -> CheckResult:
+    ev = stages.evaluation
+    m = ev.metrics
+    verdicts = []
+    for name, gate in stages.suite.gates.metrics.items():
+        if name not in m.fp32:
+            continue
+        diff = m.difference[name]
+        ci = (diff["ci_low"], diff["ci_high"]) if diff["ci_low"] is not None else None
+        verdicts.append(check_drop(name, m.fp32[name], m.quantized[name], ci, gate))
+    sections = {"metrics": m.to_dict(), "probes": ev.probes, "timing_s": dict(stages.timing)}
+    return CheckResult("metrics", verdicts, sections=sections)
+
+
+# --- calibration drift ----------------------------------------------------------------------------
+def calibration_drift(stages: SuiteStages) -> CheckResult:
+    result = CheckResult("calibration-drift", sections=_golden_sections(stages))
+    if stages.golden.fresh:
+        result.verdicts.append(_fresh_verdict(stages, "calibration-drift"))
+        return result
+    golden = stages.golden.store.read_json("calibration.json")["scales"]
+    current = stages.scales
+    bound = stages.suite.gates.bound("calibration_drift_max_rel")
+    rows = []
+    for key in sorted(set(golden) | set(current)):
+        g, c = golden.get(key), current.get(key)
+        if g is None or c is None:
+            rows.append({"tensor": key, "golden": g and g["scale"][0], "current": c and c["scale"][0],
+                         "rel_change": None})
+            continue
+        gs, cs = np.asarray(g["scale"], float), np.asarray(c["scale"], float)
+        rel = float(np.max(np.abs(cs - gs) / np.maximum(np.abs(gs), 1e-30))) if gs.shape == cs.shape else math.inf
+        rows.append({"tensor": key, "golden": float(gs.max()), "current": float(cs.max()), "rel_change": rel})
+    rows.sort(key=lambda r: -math.inf if r["rel_change"] is None else -r["rel_change"])
+    changed_sites = [r["tensor"] for r in rows if r["rel_change"] is None]
+    result.sections["calibration_drift"] = rows
+    if changed_sites:
+        result.verdicts.append(Verdict(
+            check="calibration-drift", gate="sites", passed=False, observed=float(len(changed_sites)), bound=0.0,
+            op="<=", source="harness: the quantised tensors must be the golden's", least_passing=None,
+            message=f"calibration-drift FAILED: {len(changed_sites)} quantised tensors differ from the golden's, "
+                    f"e.g. {changed_sites[:3]}", remedy="the model or the profile changed; if intended, rerun with "
+                    "--golden-update", subject=changed_sites[0]))
+    worst = next((r for r in rows if r["rel_change"] is not None), None)
+    if worst is not None and bound is not None:
+        result.verdicts.append(check_max("calibration_drift_max_rel", worst["rel_change"], bound,
+                                         subject=worst["tensor"]))
+    return result
+
+
+CHECK_FUNCTIONS: dict[str, Callable[[SuiteStages], CheckResult]] = {
+    "leakage": leakage, "input-parity": input_parity, "fp32-golden": fp32_golden, "layerwise": layerwise,
+    "outputs": outputs, "metrics": metrics, "calibration-drift": calibration_drift,
+}
+
+
+def run_check(stages: SuiteStages, item: str) -> CheckResult:
+    """Run one item; a HarnessError becomes the result's ``error`` (the item fails with its message)."""
+    try:
+        return CHECK_FUNCTIONS[item](stages)
+    except HarnessError as exc:
+        return CheckResult(item, error=exc)

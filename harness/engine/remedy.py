@@ -1,0 +1,34 @@
+"""What to do about a divergent layer, in the words of the suite's target toolchain.
+
+Keeping one layer in higher precision is the standard fix for a layer that quantises badly, and each
+toolchain spells it differently: ncnn keeps a layer fp32 when its lines are missing from the int8 table,
+nnie_mapper computes a layer in 16 bits when its top blob name ends in ``_hp``, tpu-mlir reads a qtable
+row ``<layer> F32``, onnxruntime's ``quantize_static`` takes ``nodes_to_exclude``. The suite-level
+equivalent is always ``[quant] float_layers`` (or ``high_precision_layers`` for NNIE) so the harness can
+confirm the fix before anyone touches the board.
+"""
+
+from __future__ import annotations
+
+from harness.quant.profiles import Profile
+
+
+def layer_remedy(profile: Profile, node_name: str, tensor: str) -> str:
+    """One sentence: the toolchain's own way to keep ``node_name`` out of int8, and the suite key."""
+    suite_key = f'[quant] float_layers = ["{node_name}"]'
+    name = profile.name
+    if profile.table_format == "ncnn":
+        tool = (f"ncnn: comment out its lines in the int8 table (`#{node_name}_param_0 ...` and `#{node_name} ...`) "
+                f"so ncnn2int8 keeps {node_name} fp32")
+    elif name.startswith("nnie"):
+        tool = (f"NNIE: rename the top of {node_name} to `{tensor}_hp` in the prototxt so nnie_mapper computes it "
+                f"in 16 bits; suite: [quant] high_precision_layers = [\"{node_name}\"]")
+        if profile.high_precision_scheme is None:
+            tool = f"NNIE: the layer is already 16-bit in {name}; keep {node_name} in float on the CPU"
+    elif profile.table_format == "tpu-mlir":
+        tool = f"tpu-mlir: add the qtable row `{node_name} F32` (model_deploy --quantize_table)"
+    elif name == "ort-qdq":
+        tool = f"onnxruntime: quantize_static(..., nodes_to_exclude=[\"{node_name}\"])"
+    else:
+        tool = f"{name}: keep {node_name} in float (TFLite: leave the op unquantized with the float fallback)"
+    return f"{tool}; to confirm here first: {suite_key}"

@@ -1,0 +1,221 @@
+"""The suite plugin end to end, with pytester, on a tiny model and images built here.
+
+The model (``model_factory.depthwise_model``) has a depthwise layer whose channels need per-channel weight
+scales, and 16-bit min/max activations, so every quantisation effect in these tests comes from the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+
+from harness.cli import main as cli_main
+from harness.golden import GoldenStore
+from model_factory import depthwise_model
+
+SUITE = """[suite]
+name = "{name}"
+task = "layers"
+{suite_extra}
+[model]
+path = "../model.onnx"
+
+[preprocess]
+size = [16, 16]
+channel_order = "{order}"
+mean = [127.5, 127.5, 127.5]
+std = [127.5, 127.5, 127.5]
+
+[data]
+format = "images"
+root = "../eval"
+calibration = "../{calibration}"
+probe_images = 2
+
+[quant]
+profile = "ncnn-int8"
+activation_bits = 16
+activation_method = "minmax"
+{quant_extra}
+[gates]
+layer_cosine_min = 0.99
+"""
+
+
+def write_suite(root: Path, *, name: str = "tiny", order: str = "rgb", calibration: str = "calib",
+                quant_extra: str = "", suite_extra: str = "") -> Path:
+    path = root / "suites" / f"{name}.toml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(SUITE.format(name=name, order=order, calibration=calibration, quant_extra=quant_extra,
+                                 suite_extra=suite_extra))
+    return path
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> Path:
+    root = pytester.path
+    onnx.save(depthwise_model(), str(root / "model.onnx"))
+    for folder, seed0, n in (("eval", 0, 4), ("calib", 100, 6)):
+        (root / folder).mkdir()
+        for i in range(n):
+            rng = np.random.default_rng(seed0 + i)
+            base = cv2.resize(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8), (24, 24), interpolation=cv2.INTER_CUBIC)
+            image = np.clip(base.astype(int) + rng.integers(-20, 21, base.shape), 0, 255).astype(np.uint8)
+            cv2.imwrite(str(root / folder / f"img_{i}.png"), image)
+    write_suite(root)
+    return root
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest("-p", "no:cacheprovider", "suites", *args)
+
+
+def results(root: Path) -> dict:
+    return json.loads((root / "reports" / "results.json").read_text())
+
+
+def confirmed(pytester: pytest.Pytester) -> None:
+    """Write the golden and confirm it (the first run fails by design)."""
+    run(pytester).assert_outcomes(failed=3, passed=3)
+    run(pytester).assert_outcomes(passed=6)
+
+
+def test_golden_life_cycle(pytester: pytest.Pytester, project: Path) -> None:
+    first = run(pytester)
+    first.assert_outcomes(failed=3, passed=3)
+    first.stdout.fnmatch_lines(["*input-parity: golden golden/tiny was missing and has been written*",
+                                "remedy: run again to confirm, then commit golden/tiny"])
+    assert results(project)["suites"][0]["golden"]["state"] == "written"
+    store = GoldenStore.open(project / "golden" / "tiny", verify="eager")
+    assert store.names("input") == ["input"] and "dw_out" in store.names("layers")
+
+    run(pytester).assert_outcomes(passed=6)
+    second = results(project)
+    assert second["passed"] and second["suites"][0]["status"] == "passed"
+    assert second["previous"] is not None and second["suites"][0]["golden"]["state"] == "verified"
+
+    update = run(pytester, "--golden-update")
+    update.assert_outcomes(failed=3, passed=3)
+    update.stdout.fnmatch_lines(["*has been rewritten (--golden-update)*"])
+    assert results(project)["suites"][0]["golden"]["state"] == "updated"
+    run(pytester).assert_outcomes(passed=6)  # the rewritten golden is confirmed by the next run
+
+
+def test_truncated_or_edited_golden_is_an_error_and_is_kept(pytester: pytest.Pytester, project: Path) -> None:
+    confirmed(pytester)
+    layers = project / "golden" / "tiny" / "layers.dat"
+    cut = layers.read_bytes()[:-10]
+    layers.write_bytes(cut)
+    result = run(pytester)
+    result.assert_outcomes(failed=3, passed=3)
+    result.stdout.fnmatch_lines(["*fp32-golden could not run: Golden file *layers.dat has * bytes, the manifest says*"])
+    assert layers.read_bytes() == cut  # nothing overwritten
+
+    layers.write_bytes(cut + b"\0" * 10)
+    result = run(pytester)
+    result.assert_outcomes(failed=3, passed=3)  # a small golden is verified whole when opened
+    result.stdout.fnmatch_lines(["*could not run: Tensor 'flat' in golden file *layers.dat does not match its sha256*"])
+    assert layers.read_bytes() == cut + b"\0" * 10
+
+
+def test_scaled_weights_fail_fp32_golden_naming_the_layer(pytester: pytest.Pytester, project: Path) -> None:
+    confirmed(pytester)
+    onnx.save(depthwise_model(dw_scale=1.5), str(project / "model.onnx"))
+    result = run(pytester, "-k", "fp32-golden")
+    result.assert_outcomes(failed=1)
+    section = _failure_section(result.stdout.str(), "tiny::fp32-golden")
+    assert section[0].startswith("fp32-golden FAILED: first differing layer dw (Conv) -> tensor 'dw_out'")
+    assert "the model file changed since the golden was written" in section[0]
+
+
+def test_per_tensor_depthwise_fails_layerwise_naming_it(pytester: pytest.Pytester, project: Path) -> None:
+    confirmed(pytester)
+    write_suite(project, quant_extra='depthwise_weight_granularity = "per_tensor"')
+    result = run(pytester, "-k", "layerwise")
+    result.assert_outcomes(failed=1)
+    section = _failure_section(result.stdout.str(), "tiny::layerwise")
+    assert section[0].startswith("layerwise FAILED") and "first divergent layer: dw (Conv)" in section[0]
+    assert section[1].startswith("remedy: ncnn: comment out") and '[quant] float_layers = ["dw"]' in section[1]
+    rows = section[3:]
+    assert 1 <= len(rows) <= 20 and rows[0].split()[0] in {"pool_out", "flat", "logits", "dw_out"}
+
+
+def _failure_section(text: str, title: str) -> list[str]:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if title in line and line.startswith("_"))
+    end = next((i for i in range(start + 1, len(lines)) if re.match(r"^(_{3,}|={3,})", lines[i])), len(lines))
+    return [line for line in lines[start + 1: end] if line.strip()]
+
+
+def test_swapped_channel_order_is_diagnosed(pytester: pytest.Pytester, project: Path) -> None:
+    confirmed(pytester)
+    write_suite(project, order="bgr")
+    result = run(pytester, "-k", "input-parity")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*input-parity FAILED*diagnosis: channel order swapped (RGB vs BGR)*"])
+
+
+def test_overlapping_calibration_and_evaluation_fail_leakage(pytester: pytest.Pytester, project: Path) -> None:
+    write_suite(project, calibration="eval")
+    result = run(pytester, "-k", "leakage")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*leakage FAILED: 4 of 4 evaluation images are also calibration images*"])
+
+
+def test_strict_expected_failure(pytester: pytest.Pytester, project: Path) -> None:
+    confirmed(pytester)
+    expect = 'expect = "fail"\nexpect_reason = "layerwise"'
+    write_suite(project, suite_extra=expect, quant_extra='depthwise_weight_granularity = "per_tensor"')
+    result = run(pytester)
+    result.assert_outcomes(passed=5, xfailed=1)  # layerwise, the expected failure
+    assert result.ret == 0 and results(project)["suites"][0]["status"] == "xfailed"
+
+    write_suite(project, suite_extra=expect)  # the defect is gone: the suite must fail
+    result = run(pytester)
+    result.assert_outcomes(passed=5, failed=1)
+    result.stdout.fnmatch_lines(["*expected layerwise to fail (strict), but it passed*"])
+    assert results(project)["suites"][0]["status"] == "xpassed" and not results(project)["passed"]
+
+
+def test_suite_selection_and_quant_suite_fixture(pytester: pytest.Pytester, project: Path) -> None:
+    write_suite(project, name="other")
+    confirmed_run = pytester.runpytest("-p", "no:cacheprovider", "suites", "--suite", "tiny")
+    confirmed_run.assert_outcomes(failed=3, passed=3)  # only tiny's six items
+    pytester.makepyfile(test_user="""
+        def test_user(quant_suite):
+            outcome = quant_suite("suites/tiny.toml", items=["layerwise", "outputs"])
+            assert outcome.checks["layerwise"].passed
+            assert outcome.entry["layers"][0]["name"] == "relu1_out"
+            assert outcome.entry["first_divergent"] is None
+    """)
+    pytester.runpytest("-p", "no:cacheprovider", "test_user.py").assert_outcomes(passed=1)
+
+
+def test_xdist_two_workers_keep_goldens_and_results_whole(pytester: pytest.Pytester, project: Path) -> None:
+    pytest.importorskip("xdist")
+    write_suite(project, name="other")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "suites")
+    result.assert_outcomes(failed=6, passed=6)
+    for name in ("tiny", "other"):
+        GoldenStore.open(project / "golden" / name, verify="eager")
+    assert sorted(s["name"] for s in results(project)["suites"]) == ["other", "tiny"]
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "suites").assert_outcomes(passed=12)
+
+
+def test_cli_run_exit_codes_and_summary(project: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(project)
+    assert cli_main(["run", "--quiet"]) == 1  # golden written: not confirmed yet
+    assert cli_main(["run", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^tiny\s+ncnn-int8\s+-\s+", out, re.M) and "PASSED" in out
+    assert (project / "reports" / "results.json").is_file()
+    assert cli_main(["run", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["suite"] == "tiny" and rows[0]["status"] == "passed"
