@@ -28,11 +28,24 @@ COMMAND_MODULES = (
 
 EXIT_USER_ERROR = 2
 
+EXAMPLES = """examples:
+  quant-harness run                                   every suites/*.toml -> reports/index.html
+  quant-harness run suites/detector_ncnn_int8.toml --golden-update
+  quant-harness calibrate model.onnx --images calib/ --profile ncnn-int8 --out model.table
+  quant-harness compare golden/a golden/b             layer table; exit 1 when a gate fails
+  quant-harness metrics voc --annotations VOCdevkit/VOC2007 --results dets/
+  quant-harness report reports/results.json           re-render the HTML report
+  quant-harness golden import --model m.onnx input_ref_data.dat output_ref_data.dat --out golden/m
+  quant-harness golden verify golden/detector_ncnn_int8
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="quant-harness",
         description="Test int8 quantization of vision models: fp32 vs quantized, layer by layer, with task metrics.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
