@@ -11,11 +11,13 @@ from __future__ import annotations
 import glob
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from harness.compare.stats import bmrt_allclose, tensor_stats
+from harness.compare.tolerance import Tolerance, ToleranceSet
 from harness.engine.golden_io import GoldenHandle, relative_to_cwd
 from harness.engine.parity import diagnose
 from harness.engine.remedy import layer_remedy
@@ -31,13 +33,20 @@ _HIST_LAYERS = 4
 _HIST_BINS = 64
 
 
-def _fresh_verdict(stages: SuiteStages, check: str, g: GoldenHandle | None = None) -> Verdict:
-    g = g or stages.golden
+def _fresh_verdict(stages: SuiteStages, check: str, g: GoldenHandle) -> Verdict:
     what = "was missing and has been written" if g.state == "written" else "has been rewritten (--golden-update)"
     return Verdict(check=check, gate="golden", passed=False, observed=float("nan"), bound=float("nan"), op="<=",
                    source="harness: a golden is only trusted after a second run confirms it", least_passing=None,
                    message=f"{check}: golden {relative_to_cwd(g.path)} {what}; this run cannot confirm it",
                    remedy=f"run again to confirm, then commit {relative_to_cwd(g.path)}", subject=None)
+
+
+def _start(stages: SuiteStages, item: str, g: GoldenHandle) -> CheckResult:
+    """A golden check's result, already failed with "run again to confirm" when ``g`` was written this run."""
+    result = CheckResult(item, sections=_golden_sections(stages, g))
+    if g.fresh:
+        result.verdicts.append(_fresh_verdict(stages, item, g))
+    return result
 
 
 def _golden_sections(stages: SuiteStages, g: GoldenHandle | None = None) -> dict[str, Any]:
@@ -59,9 +68,8 @@ def leakage(stages: SuiteStages) -> CheckResult:
 # --- input parity ---------------------------------------------------------------------------------
 def input_parity(stages: SuiteStages) -> CheckResult:
     g = stages.fp32_golden
-    result = CheckResult("input-parity", sections=_golden_sections(stages, g))
+    result = _start(stages, "input-parity", g)
     if g.fresh:
-        result.verdicts.append(_fresh_verdict(stages, "input-parity", g))
         return result
     store = g.store
     golden = store.read_tensor(store.names("input")[0], section="input")
@@ -80,17 +88,14 @@ def input_parity(stages: SuiteStages) -> CheckResult:
 
 
 def _with_message(v: Verdict, message: str, remedy: str) -> Verdict:
-    from dataclasses import replace
-
     return replace(v, message=message, remedy=remedy)
 
 
 # --- fp32 vs golden -------------------------------------------------------------------------------
 def fp32_golden(stages: SuiteStages) -> CheckResult:
     g = stages.fp32_golden
-    result = CheckResult("fp32-golden", sections=_golden_sections(stages, g))
+    result = _start(stages, "fp32-golden", g)
     if g.fresh:
-        result.verdicts.append(_fresh_verdict(stages, "fp32-golden", g))
         return result
     store, probe, gates = g.store, stages.probe, stages.suite.gates
     cos_bound, abs_bound = gates.bound("fp32_golden_cosine_min"), gates.bound("fp32_golden_max_abs")
@@ -171,13 +176,10 @@ def layerwise(stages: SuiteStages) -> CheckResult:
             observations.append((r.name, {"cosine": r.accumulated.cosine, "euclid": r.accumulated.euclid_similarity,
                                           "sqnr_db": r.accumulated.sqnr_db}))
     report = check_layers(observations, gates)
-    bounds = {r.name: layer_bounds(r.name, gates) for r in rows}
-    cosine_gate = {n: (b["cosine"].value if b and "cosine" in b else None) for n, b in bounds.items()}
-    from harness.compare.tolerance import Tolerance, ToleranceSet
-
-    tolerances = ToleranceSet(default=Tolerance(cosine=gates.layer_bound("cosine").value
-                                                if gates.layer_bound("cosine") else None),
-                              overrides=tuple((glob.escape(n), Tolerance(cosine=c)) for n, c in cosine_gate.items()))
+    bounds = {r.name: layer_bounds(r.name, gates) or {} for r in rows}
+    # Every layer's own cosine bound (None: not gated), as exact (escaped) names for the divergence rule.
+    tolerances = ToleranceSet(default=Tolerance(), overrides=tuple(
+        (glob.escape(n), Tolerance(cosine=b["cosine"].value if "cosine" in b else None)) for n, b in bounds.items()))
     divergence = run.layerwise.first_divergent_layer(tolerances)
     first = None
     summary = report.summary
@@ -190,16 +192,17 @@ def layerwise(stages: SuiteStages) -> CheckResult:
                  "remedy": remedy}
         if not summary.passed:
             summary = _with_message(summary, f"{summary.message}; {divergence.describe()}", remedy)
+    failed_layers = {v.subject for v in report.failed}
     layer_rows = []
     for r in run.layerwise.to_records():
-        b = bounds.get(r["name"]) or {}
+        b = bounds[r["name"]]
         layer_rows.append({**{k: r[k] for k in ("index", "name", "node_name", "op_type")},
                            **{k: r[k] for k in r if k.startswith(("acc_", "local_")) and "nonfinite" not in k
                               and "nmse" not in k},
                            "cosine_min": b["cosine"].value if "cosine" in b else None,
                            "euclid_min": b["euclid"].value if "euclid" in b else None,
                            "sqnr_db_min": b["sqnr_db"].value if "sqnr_db" in b else None,
-                           "passed": not any(not v.passed for v in report.verdicts if v.subject == r["name"])})
+                           "passed": r["name"] not in failed_layers})
     sections = {"layers": layer_rows, "first_divergent": first, "histograms": _histograms(stages, rows),
                 "timing_s": dict(stages.timing)}
     return CheckResult("layerwise", [summary], sections=sections)
@@ -267,9 +270,8 @@ def metrics(stages: SuiteStages) -> CheckResult:
 
 # --- calibration drift ----------------------------------------------------------------------------
 def calibration_drift(stages: SuiteStages) -> CheckResult:
-    result = CheckResult("calibration-drift", sections=_golden_sections(stages))
+    result = _start(stages, "calibration-drift", stages.golden)
     if stages.golden.fresh:
-        result.verdicts.append(_fresh_verdict(stages, "calibration-drift"))
         return result
     golden = stages.golden.store.read_json("calibration.json")["scales"]
     current = stages.scales

@@ -135,6 +135,11 @@ class SuiteStages:
     def task(self) -> Any:
         return make_task(self.suite, self.data.class_names, self.data.coco_category_ids)
 
+    @cached_property
+    def fp32_session(self) -> Any:
+        """The model as given, untapped: its outputs are what a deployment compares against."""
+        return make_session(self.model.serialized(), threads=self.threads, source=str(self.suite.model.path))
+
     # -- fp32 on the probe images -------------------------------------------------------------
     @cached_property
     def probe(self) -> ProbeRun:
@@ -144,7 +149,7 @@ class SuiteStages:
             raise ConfigError(f"Suite {self.suite.name!r} has no probe images", expected="[data] probe_images >= 1",
                               remedy="set [data] probe_images = 1 or more")
         runner = TapRunner(as_model(self.folded), taps=[t.name for t in self.layers], threads=self.threads)
-        plain = make_session(self.model.serialized(), threads=self.threads, source=str(self.suite.model.path))
+        plain = self.fp32_session
         names = [o.name for o in plain.get_outputs()]
         inputs, metas, layers, outputs = [], [], {}, {}
         for x, meta in self.data.inputs(probes):
@@ -247,7 +252,7 @@ class SuiteStages:
             raise ConfigError(f"Suite {self.suite.name!r} (task = 'layers') has no task metrics",
                               expected="task = detection or classification")
         start = time.perf_counter()
-        fp32 = make_session(self.model.serialized(), threads=self.threads, source=str(self.suite.model.path))
+        fp32 = self.fp32_session
         quant = make_session(self.quantized.qdq.proto.SerializeToString(), threads=self.threads,
                              optimization="disabled")
         names = [o.name for o in fp32.get_outputs()]
