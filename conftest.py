@@ -37,3 +37,12 @@ def realmodels_dir() -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"{REALMODELS_ENV}={value!r} is not a directory")
     return path
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Bundled suites that read the real models are ``realmodel`` tests too, so ``-m "not realmodel"`` leaves
+    them out of a quick local run like the other acceptance tests."""
+    for item in items:
+        suite = getattr(item, "suite", None)
+        if suite is not None and REALMODELS_ENV in getattr(suite, "variables", ()):
+            item.add_marker(pytest.mark.realmodel)

@@ -484,7 +484,7 @@ class GatesConfig:
                     similarity = key.endswith(("cosine_min", "euclid_min"))
                     value = reader.float(key, low=0.0 if op == "<=" or similarity else None,
                                          high=1.0 if similarity else None)
-                scalars[key] = Bound(value, f"{reader.file} [gates] {key}")
+                scalars[key] = Bound(value, f"{reader.file.name} [gates] {key}")
                 explicit.add(key)
         require_sig = reader.bool("require_significant", default=False)
         if reader.has("require_significant"):
@@ -512,7 +512,7 @@ def _read_overrides(reader: TableReader | None) -> tuple[LayerOverride, ...]:
         for m in LAYER_METRICS:
             if sub.has(f"{m}_min"):
                 high = None if m == "sqnr_db" else 1.0
-                bounds[m] = Bound(sub.float(f"{m}_min", high=high), f"{reader.file} [gates.layer_overrides] {pattern!r}")
+                bounds[m] = Bound(sub.float(f"{m}_min", high=high), f"{reader.file.name} [gates.layer_overrides] {pattern!r}")
         skip = sub.bool("skip", default=False)
         if not bounds and not skip:
             raise sub.error("", "is empty", expected="at least one of cosine_min, euclid_min, sqnr_db_min or skip")
@@ -533,7 +533,7 @@ def _read_metric_gates(reader: TableReader | None, names: Sequence[str], headlin
         sub = reader.sub(name)
         assert sub is not None
         sub.check_keys(["drop_max", "drop_max_rel", "require_significant"])
-        src = f"{reader.file} [gates.metrics] {name}"
+        src = f"{reader.file.name} [gates.metrics] {name}"
         absolute = sub.float("drop_max", default=None, low=0.0)
         rel = sub.float("drop_max_rel", default=None, low=0.0, high=1.0)
         if absolute is None and rel is None:

@@ -29,7 +29,7 @@ from harness.engine.results import (
 )
 from harness.engine.stages import SuiteStages
 from harness.errors import HarnessError
-from harness.suite import Suite, load_suite
+from harness.suite import Suite, SuiteUnavailable, load_suite
 
 _PROPERTY = "quant_harness"
 _MAX_ROWS = 20
@@ -108,6 +108,8 @@ class SuiteFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
         try:
             suite = load_suite(self.path)
+        except SuiteUnavailable as exc:
+            pytest.skip(str(exc))
         except HarnessError as exc:
             raise self.CollectError(f"{exc}") from None
         wanted = self.config.getoption("suite")
@@ -197,6 +199,15 @@ class _ResultsWriter:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.payloads: list[dict[str, Any]] = []
+        self.skipped: list[dict[str, str]] = []
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        """A suite skipped at collection (``SuiteUnavailable``) is listed in results.json as skipped."""
+        known = {s["suite_file"] for s in self.skipped}  # every xdist worker collects, and reports, each file
+        if (report.skipped and report.nodeid.endswith(".toml") and report.nodeid not in known
+                and isinstance(report.longrepr, tuple)):
+            reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+            self.skipped.append({"suite_file": report.nodeid, "reason": reason})
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when != "call":
@@ -218,7 +229,7 @@ class _ResultsWriter:
         entries = [suite_entry(load_suite(path), items, previous) for path, items in sorted(by_file.items())]
         command = "pytest " + " ".join(shlex.quote(a) for a in config.invocation_params.args)
         results = build_results(entries, command=command, previous=previous,
-                                previous_path=results_path if previous else None)
+                                previous_path=results_path if previous else None, skipped=self.skipped)
         write_results(results_path, results)
         _write_html(results, report_dir)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10 needs `tomli; pyth
     import tomli as tomllib  # type: ignore[no-redef]
 
 from harness.data.preprocess import PreprocessSpec
+from harness.envvars import ENV_REFERENCE, unset_variables
 from harness.errors import ConfigError
 from harness.gates import CHECKS, GatesConfig
 from harness.suite_schema import TableReader, portable_path
@@ -39,13 +40,29 @@ from harness.suite_schema import (  # noqa: F811 (sections live with the reader)
 )
 
 __all__ = [
-    "DataConfig", "MetricsConfig", "ModelConfig", "Postprocess", "QuantConfig", "Suite",
+    "DataConfig", "MetricsConfig", "ModelConfig", "Postprocess", "QuantConfig", "Suite", "SuiteUnavailable",
     "discover_suites", "load_suite", "suite_from_dict",
 ]
 
 TASKS: tuple[str, ...] = ("detection", "classification", "layers")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 _TOP_LEVEL = ("suite", "model", "preprocess", "data", "postprocess", "quant", "metrics", "gates")
+#: Tables whose strings may name files, and so may use ``${NAME}`` environment variables.
+_PATH_TABLES = ("model", "preprocess", "data", "quant")
+
+
+class SuiteUnavailable(ConfigError):
+    """The suite's files live behind an environment variable that is not set (e.g. the real third-party models
+    behind ``QUANT_HARNESS_REALMODELS``). Not a broken suite: the plugin skips it and ``quant-harness run``
+    lists it as skipped, with this message as the reason."""
+
+    def __init__(self, name: str, path: Path, variables: list[str]) -> None:
+        self.name, self.path, self.variables = name, path, variables
+        names = ", ".join(variables)
+        super().__init__(f"Suite {name!r} ({path.name}) needs the environment variable {names}, which is not set",
+                         expected=f"{names} to name the folder its paths start from",
+                         remedy=f"export {variables[0]}=<folder> (.ci/run sets QUANT_HARNESS_REALMODELS to "
+                                "../shared/realmodels) and run again")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,6 +91,9 @@ class Suite(_Replaceable):
     metrics: MetricsConfig | None
     gates: GatesConfig
     golden_from: str | None = None
+    #: The environment variables its paths use (``${NAME}``), already expanded; not compared, since
+    #: :meth:`to_dict` writes the expanded paths.
+    variables: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def base_dir(self) -> Path:
@@ -134,6 +154,9 @@ def suite_from_dict(data: Mapping[str, Any], *, path: str | Path) -> Suite:
     info = root.sub("suite") or TableReader({}, file=path, table="suite")
     info.check_keys(("name", "task", "description", "expect", "expect_reason", "golden_from"))
     name = _suite_name(info, path)
+    texts = [text for table in _PATH_TABLES for text in _strings(data.get(table))]
+    if missing := sorted({v for text in texts for v in unset_variables(text)}):
+        raise SuiteUnavailable(name, path, missing)
     task = info.str("task", choices=TASKS)
     expect = info.str("expect", default="pass", choices=("pass", "fail"))
     expect_reason = info.str("expect_reason", default=None, choices=CHECKS)
@@ -186,7 +209,20 @@ def suite_from_dict(data: Mapping[str, Any], *, path: str | Path) -> Suite:
     return Suite(path=path, name=name, task=task, description=info.str("description", default=""), expect=expect,
                  expect_reason=expect_reason, model=model, preprocess=preprocess, data=data,
                  postprocess=postprocess, quant=quant, metrics=metrics, gates=gates,
-                 golden_from=_golden_from(info, name))
+                 golden_from=_golden_from(info, name),
+                 variables=tuple(sorted({v for text in texts for v in ENV_REFERENCE.findall(text)})))
+
+
+def _strings(value: Any) -> Iterable[str]:
+    """Every string inside a parsed TOML value."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
 
 
 def _golden_from(info: TableReader, name: str) -> str | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from harness.envvars import expand_variables
 from harness.errors import ConfigError
 from harness.tasks.ssd import PriorBoxLayer
 
@@ -194,8 +195,9 @@ class TableReader:
 
 
 def resolve_path(value: str | Path, base_dir: Path) -> Path:
-    """Absolute, normalised path; symlinks are kept (resolving them would change what a report shows)."""
-    path = Path(os.path.expanduser(str(value)))
+    """Absolute, normalised path; ``${NAME}`` expanded; symlinks are kept (resolving them would change what a
+    report shows)."""
+    path = Path(os.path.expanduser(expand_variables(str(value))))
     return Path(os.path.normpath(path if path.is_absolute() else base_dir / path))
 
 
@@ -232,7 +234,8 @@ _FORMATS: dict[str, dict[str, str]] = {
     "classification_list": {"list": "required", "root": "optional", "classes": "optional"},
     "images": {"root": "required"},
 }
-_DATA_COMMON = ("format", "calibration", "calibration_max_images", "probe_images", "max_images", "skip_bad")
+_DATA_COMMON = ("format", "calibration", "calibration_max_images", "probe_images", "max_images", "skip_bad",
+                "probe_layer_elements")
 _TASK_FORMATS = {
     "detection": ("voc", "coco", "images"),
     "classification": ("classification_folder", "classification_list", "images"),
@@ -267,6 +270,7 @@ class DataConfig(_Replaceable):
     calibration_split: str | None = None
     calibration_max_images: int | None = None
     probe_images: int = 2
+    probe_layer_elements: int | None = None
     max_images: int | None = None
     skip_bad: bool = False
     classes: tuple[str, ...] | None = None
@@ -298,7 +302,8 @@ def read_data(r: TableReader, *, task: str) -> DataConfig:
         list=r.path("list", default=None), calibration=r.path("calibration", default=None),
         calibration_split=r.str("calibration_split", default=None),
         calibration_max_images=r.int("calibration_max_images", default=None, low=1),
-        probe_images=r.int("probe_images", default=2, low=0), max_images=r.int("max_images", default=None, low=1),
+        probe_images=r.int("probe_images", default=2, low=0),
+        probe_layer_elements=r.int("probe_layer_elements", default=None, low=1), max_images=r.int("max_images", default=None, low=1),
         skip_bad=r.bool("skip_bad", default=False), classes=r.str_list("classes", default=None),
     )
 

@@ -247,6 +247,19 @@ def test_image_list_file_resolves_against_its_folder(tmp_path, monkeypatch):
     assert ds[0].target is None
 
 
+def test_image_list_expands_braced_environment_variables(tmp_path, monkeypatch):
+    """``${NAME}`` lines point at data outside the project (the real models); ``$`` alone stays literal."""
+    _png(tmp_path / "far" / "1.png")
+    _png(tmp_path / "near" / "$2.png")
+    lst = tmp_path / "near" / "list.txt"
+    lst.write_text("${QH_FAR}/1.png\n$2.png\n")
+    monkeypatch.setenv("QH_FAR", str(tmp_path / "far"))
+    assert [s.image_path for s in ImageListDataset(lst)] == [tmp_path / "far" / "1.png", tmp_path / "near" / "$2.png"]
+    monkeypatch.delenv("QH_FAR")
+    with pytest.raises(DataError, match=r"list.txt line 1 uses the environment variable QH_FAR, which is not set"):
+        ImageListDataset(lst)
+
+
 def test_image_list_folder_sorted_filtered_and_limited(tmp_path):
     for name in ["b.png", "a.jpg", "c.txt"]:
         (tmp_path / name).write_bytes(b"x")

@@ -61,7 +61,7 @@ def test_preset_then_explicit_key_wins() -> None:
     cfg = config({"preset": "mobilenet_v2", "output_cosine_min": 0.99})
     assert cfg.bound("layer_cosine_min").value == 0.95 and "mobilenet_v2" in cfg.bound("layer_cosine_min").source
     assert cfg.bound("layer_euclid_min").value == 0.69
-    assert cfg.bound("output_cosine_min") == Bound(0.99, f"{FILE} [gates] output_cosine_min")
+    assert cfg.bound("output_cosine_min") == Bound(0.99, f"{FILE.name} [gates] output_cosine_min")
     assert cfg.check("output_cosine_min", 0.985).source.endswith("output_cosine_min")
 
 

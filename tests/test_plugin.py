@@ -219,3 +219,44 @@ def test_cli_run_exit_codes_and_summary(project: Path, monkeypatch: pytest.Monke
     assert cli_main(["run", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["suite"] == "tiny" and rows[0]["status"] == "passed"
+
+
+def test_sampled_layer_dumps_still_name_the_changed_layer(pytester: pytest.Pytester, project: Path) -> None:
+    """``probe_layer_elements`` keeps a fixed sample of each layer (the golden budget for large models); the
+    fp32-golden check samples the live tensors at the same positions, so a changed layer is still found."""
+    suite = project / "suites" / "tiny.toml"
+    suite.write_text(suite.read_text().replace("probe_images = 2", "probe_images = 2\nprobe_layer_elements = 5"))
+    confirmed(pytester)
+    store = GoldenStore.open(project / "golden" / "tiny")
+    assert store.manifest.extra["layer_sample_limit"] == 5
+    assert store.entry("dw_out", section="layers").shape == (2, 5)
+    onnx.save(depthwise_model(dw_scale=1.5), str(project / "model.onnx"))
+    result = run(pytester, "-k", "fp32-golden")
+    result.assert_outcomes(failed=1)
+    section = _failure_section(result.stdout.str(), "tiny::fp32-golden")
+    assert section[0].startswith("fp32-golden FAILED: first differing layer dw (Conv) -> tensor 'dw_out'")
+
+
+def test_suite_behind_an_unset_variable_is_skipped_and_listed(pytester: pytest.Pytester, project: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Real-model suites name their files through ``${QUANT_HARNESS_REALMODELS}``: unset, the suite is skipped
+    with the variable named (pytest and `quant-harness run`, and results.json lists it); set, it runs."""
+    suite = project / "suites" / "tiny.toml"
+    suite.write_text(suite.read_text().replace('path = "../model.onnx"', 'path = "${QH_TEST_MODELS}/model.onnx"'))
+    monkeypatch.delenv("QH_TEST_MODELS", raising=False)
+    result = run(pytester, "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*Suite 'tiny' (tiny.toml) needs the environment variable QH_TEST_MODELS*"])
+
+    monkeypatch.chdir(project)
+    assert cli_main(["run", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped suites/tiny.toml: Suite 'tiny'" in out and "0/0 suites as expected (1 skipped)" in out
+    listed = results(project)["skipped"]
+    assert listed == [{"suite_file": "suites/tiny.toml", "reason": listed[0]["reason"]}]
+    assert "QH_TEST_MODELS" in listed[0]["reason"]
+    assert "1 suite(s) skipped" in (project / "reports" / "index.html").read_text()
+
+    monkeypatch.setenv("QH_TEST_MODELS", str(project))
+    run(pytester).assert_outcomes(failed=3, passed=3)  # runs: the first run writes the golden

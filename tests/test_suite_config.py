@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import ConfigError
-from harness.suite import discover_suites, load_suite, suite_from_dict
+from harness.suite import SuiteUnavailable, discover_suites, load_suite, suite_from_dict
 
 DETECTOR = """
 [suite]
@@ -124,6 +124,20 @@ def test_relative_paths_do_not_depend_on_cwd(tmp_path: Path, monkeypatch: pytest
     monkeypatch.chdir(tmp_path / "suites")
     b = load_suite(Path("suite.toml"))
     assert a == b and a.model.path == path.parent / "models" / "ssd.onnx"
+
+
+def test_environment_variables_in_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``${NAME}`` in [model]/[data]/[quant] paths: expanded when set; unset, the suite is unavailable (skipped
+    by the plugin and `quant-harness run`), not broken, and the message names the variable."""
+    text = edit(DETECTOR, 'path = "models/ssd.onnx"', 'path = "${QH_MODELS}/ssd.onnx"')
+    path = write(tmp_path / "suites", text)
+    monkeypatch.setenv("QH_MODELS", str(tmp_path / "far"))
+    assert load_suite(path).model.path == tmp_path / "far" / "ssd.onnx"
+    monkeypatch.setenv("QH_MODELS", "")
+    with pytest.raises(SuiteUnavailable, match=r"needs the environment variable QH_MODELS, which is not set") as info:
+        load_suite(path)
+    assert info.value.name == "suite" and info.value.variables == ["QH_MODELS"]
+    assert isinstance(info.value, ConfigError)
 
 
 def test_classifier_loads(tmp_path: Path) -> None:

@@ -47,15 +47,20 @@ def find_suites(paths: list[Path]) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     from harness.engine import run_suite
-    from harness.engine.results import build_results, read_previous, write_results
-    from harness.suite import load_suite
+    from harness.engine.results import build_results, display_path, read_previous, write_results
+    from harness.suite import SuiteUnavailable, load_suite
 
     paths = find_suites(args.suites)
     if not paths:
         print(f"No suites found: {DEFAULT_SUITES_DIR.resolve()} holds no *.toml files. "
               "Nothing was run and no report was written.")
         return 0
-    suites = [load_suite(p) for p in paths]  # every file is validated before anything runs
+    suites, skipped = [], []
+    for path in paths:  # every file is validated before anything runs
+        try:
+            suites.append(load_suite(path))
+        except SuiteUnavailable as exc:
+            skipped.append({"suite_file": display_path(path), "reason": str(exc)})
     # Suites that read another suite's golden (golden_from) run after it, so a first run can write it.
     suites.sort(key=lambda s: s.golden_from is not None)
     results_path = args.report_dir / "results.json"
@@ -73,15 +78,18 @@ def run(args: argparse.Namespace) -> int:
             print(f"[{i}/{len(suites)}] {suite.name}: {outcome.status}", file=sys.stderr)
     command = "quant-harness run " + " ".join(shlex.quote(str(a)) for a in sys.argv[2:])
     results = build_results(entries, command=command.strip(), previous=previous,
-                            previous_path=results_path if previous else None)
+                            previous_path=results_path if previous else None, skipped=skipped)
     write_results(results_path, results)
     html = _write_html(results, args.report_dir)
     if args.json:
         print(json.dumps([_row(e) for e in entries], indent=1))
     else:
         print(summary_table(entries))
+        for skip in skipped:
+            print(f"\nskipped {skip['suite_file']}: {skip['reason']}")
         where = html or results_path
-        print(f"\n{sum(e['outcome_ok'] for e in entries)}/{len(entries)} suites as expected; report: {where}")
+        note = f" ({len(skipped)} skipped)" if skipped else ""
+        print(f"\n{sum(e['outcome_ok'] for e in entries)}/{len(entries)} suites as expected{note}; report: {where}")
     return 0 if results["passed"] else 1
 
 

@@ -1,7 +1,8 @@
 """Unlabelled image sets for calibration: a list file or a folder.
 
 Mirrors the toolchains' own inputs so a suite can point at the same files: nnie_mapper's ``imageList.txt``
-(one path per line) and caffe-int8-convert-tools / ncnn2table's ``--images`` folder. Relative paths in a list
+(one path per line; ``${NAME}`` environment references are expanded, see :mod:`harness.envvars`) and
+caffe-int8-convert-tools / ncnn2table's ``--images`` folder. Relative paths in a list
 file resolve against the list file's folder (not the current directory, which differs between a developer's
 shell and CI). Folder listings are sorted (see :func:`harness.data.images.list_images`) so calibration sees
 the same images in the same order on every machine.
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from harness.data.dataset import Dataset, Sample, collect
 from harness.data.images import IMAGE_EXTENSIONS, is_image_file, list_images
+from harness.envvars import expand_variables, unset_variables
 from harness.errors import DataError, ImageReadError
 
 
@@ -62,7 +64,11 @@ class ImageListDataset(Dataset[None]):
 
         def build(item: tuple[int, str]) -> Sample[None]:
             number, text = item
-            path = Path(text)
+            if missing := unset_variables(text):
+                raise DataError(f"{self.source} line {number} uses the environment variable {missing[0]}, "
+                                "which is not set", expected=f"{missing[0]} to name a folder",
+                                remedy=f"export {missing[0]}=<folder>, or list the image's path directly")
+            path = Path(expand_variables(text))
             path = path if path.is_absolute() else base / path
             if not path.is_file():
                 raise ImageReadError(f"{self.source} line {number}: image {path} does not exist")

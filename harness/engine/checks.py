@@ -19,6 +19,7 @@ import numpy as np
 from harness.compare.stats import bmrt_allclose, tensor_stats
 from harness.compare.tolerance import Tolerance, ToleranceSet
 from harness.engine.golden_io import GoldenHandle, relative_to_cwd
+from harness.engine.layers import sample_layer
 from harness.engine.parity import diagnose
 from harness.engine.remedy import layer_remedy
 from harness.engine.results import CheckResult
@@ -131,12 +132,13 @@ def _layers_vs_golden(stages: SuiteStages, store: GoldenStore, abs_bound: Bound,
     infos = {t.name: t for t in stages.layers}
     worst_excess, n_failed, first = -math.inf, 0, None
     names = store.names("layers")
+    limit = store.manifest.extra.get("layer_sample_limit")  # the golden kept a sample of each layer
     for name in names:
         if name not in probe.layers:
             return _missing(name, "layer", note)
         entry = store.entry(name, section="layers")
         ref = store.read_tensor(name, section="layers").astype(np.float64)
-        cur = stack(probe.layers[name])[: len(ref)].astype(np.float64)
+        cur = sample_layer(stack(probe.layers[name]), limit)[: len(ref)].astype(np.float64)
         ref = ref[: len(cur)]
         allowance = _FP16_HALF_ULP * np.abs(ref) if entry.dtype == "float16" else 0.0
         excess = float(np.max(np.abs(cur - ref) - allowance)) if ref.size else 0.0

@@ -11,6 +11,7 @@ fast (each exposed tensor costs onnxruntime a layout conversion; see ``benchmark
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from harness.model.graph import TensorInfo, tensor_list
@@ -41,3 +42,19 @@ def layer_tensors(proto: onnx.ModelProto) -> list[TensorInfo]:
     """The compared tensors of ``proto`` (BN already folded), in topological order."""
     gone = fused_away(proto)
     return [t for t in tensor_list(proto) if t.name not in gone]
+
+
+def sample_layer(values: np.ndarray, limit: int | None) -> np.ndarray:
+    """``values`` ``[N, ...]`` (one row per probe image) reduced to at most ``limit`` evenly spaced elements per
+    row, ``[N, k]``; unchanged when ``limit`` is None or the row is small enough.
+
+    For golden dumps of large models (``[data] probe_layer_elements``): MobileNetV2's layers are 14 MB per image
+    even in float16, over the whole golden budget. A fixed, evenly spaced sample still catches a drifting
+    layer (weights, runtime, preprocessing) and names it; the positions depend only on the row size and
+    ``limit``, so the writer and the check pick the same elements.
+    """
+    row = int(np.prod(values.shape[1:], dtype=np.int64))
+    if limit is None or row <= limit:
+        return values
+    positions = np.linspace(0, row - 1, num=limit).round().astype(np.int64)
+    return values.reshape(values.shape[0], row)[:, positions]

@@ -126,7 +126,7 @@ def suite_static(suite: Suite) -> dict[str, Any]:
         resolved = {"error": str(exc)}
     return {
         "name": suite.name, "task": suite.task, "description": suite.description,
-        "suite_file": _display_path(suite.path), "profile": suite.quant.profile, "expect": suite.expect,
+        "suite_file": display_path(suite.path), "profile": suite.quant.profile, "expect": suite.expect,
         "expect_reason": suite.expect_reason, "preprocess": data["preprocess"],
         "quant": {**data["quant"], "resolved": resolved}, "gates": suite.gates.effective(),
     }
@@ -189,7 +189,10 @@ def environment() -> dict[str, str]:
 
 
 def build_results(entries: list[dict[str, Any]], *, command: str, previous: Mapping[str, Any] | None,
-                  previous_path: Path | None = None) -> dict[str, Any]:
+                  previous_path: Path | None = None,
+                  skipped: Iterable[Mapping[str, str]] = ()) -> dict[str, Any]:
+    """The whole results file. ``skipped``: ``{"suite_file", "reason"}`` of suites that could not run here
+    (their data sits behind an unset environment variable); they do not count against ``passed``."""
     from harness import __version__
 
     return clean({
@@ -197,9 +200,10 @@ def build_results(entries: list[dict[str, Any]], *, command: str, previous: Mapp
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "harness_version": __version__, "environment": environment(), "command": command,
         "passed": all(e["outcome_ok"] for e in entries),
-        "previous": ({"created": previous.get("created"), "path": _display_path(previous_path)}
+        "previous": ({"created": previous.get("created"), "path": display_path(previous_path)}
                      if previous and previous_path else None),
         "suites": entries,
+        "skipped": [dict(x) for x in skipped],
     })
 
 
@@ -219,7 +223,7 @@ def write_results(path: Path, results: Mapping[str, Any]) -> Path:
     return path
 
 
-def _display_path(path: Path | None) -> str | None:
+def display_path(path: Path | None) -> str | None:
     if path is None:
         return None
     try:

@@ -24,7 +24,7 @@ from harness.compare.layerwise import LayerwiseComparison, LayerwiseResult, pred
 from harness.data import ImageMeta
 from harness.engine.data import SuiteData, load_suite_data
 from harness.engine.golden_io import GoldenHandle, exists, golden_dir, golden_lock
-from harness.engine.layers import layer_tensors
+from harness.engine.layers import layer_tensors, sample_layer
 from harness.engine.task import MetricsSummary, make_task
 from harness.errors import CalibrationError, ConfigError, GoldenMissingError, HarnessError
 from harness.golden.store import GoldenStore, GoldenWriter
@@ -320,6 +320,9 @@ class SuiteStages:
         extra = {"suite": self.suite.name, "profile": self.profile.name,
                  "probe_images": [str(s.image_id) for s in self.data.probes],
                  "layers_dtype": np.dtype(LAYER_DUMP_DTYPE).name}
+        limit = self.suite.data.probe_layer_elements
+        if limit is not None:
+            extra["layer_sample_limit"] = limit
         if self.suite.golden_from is not None:
             extra["fp32_dumps_from"] = self.suite.golden_from
         with GoldenWriter(path, model_sha256=self.model.sha256, preprocessing=self.suite.preprocess.to_dict(),
@@ -330,7 +333,8 @@ class SuiteStages:
                     writer.write_output(name, stack(values))
                 for t in self.layers:
                     if t.name not in probe.outputs:
-                        writer.write_layer(t.name, stack(probe.layers[t.name]).astype(LAYER_DUMP_DTYPE))
+                        layer = sample_layer(stack(probe.layers[t.name]), limit)
+                        writer.write_layer(t.name, layer.astype(LAYER_DUMP_DTYPE))
             writer.add_json("calibration.json", {"profile": self.profile.name, "scales": self.scales})
             if quantized.table_text is not None:
                 writer.add_file(*quantized.table_text)

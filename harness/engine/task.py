@@ -240,13 +240,39 @@ class ClassificationTask:
         difference = {n: _difference(values["fp32"][n], values["quantized"][n], boot if n == "top1" else None)
                       for n in names}
         classes = self.class_names or tuple(str(i) for i in range(metrics["fp32"].num_classes))
+        keep = reported_classes(results["fp32"].confusion, results["quantized"].confusion)
+        extra: dict[str, Any] = {} if keep is None else {"class_indices": keep.tolist()}
         return MetricsSummary(
             headline="top1", names=names, fp32=values["fp32"], quantized=values["quantized"], difference=difference,
-            n_images=results["fp32"].n_samples, class_names=classes,
-            per_class={side: [float(v) for v in r.per_class_accuracy] for side, r in results.items()},
-            extra={"confusion": {side: r.confusion.astype(int).tolist() for side, r in results.items()},
+            n_images=results["fp32"].n_samples, class_names=tuple(classes[i] for i in _all_or(keep, len(classes))),
+            per_class={side: [float(r.per_class_accuracy[i]) for i in _all_or(keep, len(classes))]
+                       for side, r in results.items()},
+            extra={"confusion": {side: _confusion_rows(r.confusion, keep) for side, r in results.items()},
                    "agreement": float(self._agreement.compute()),
-                   "pseudo_ground_truth": self.cfg.pseudo_ground_truth})
+                   "pseudo_ground_truth": self.cfg.pseudo_ground_truth, **extra})
+
+
+#: Above this many classes, results list only the classes that occur (as a label or a prediction, either side):
+#: ImageNet's 1000 classes would put two 1000 x 1000 confusion matrices (20 MB of JSON) in every results file.
+MAX_LISTED_CLASSES = 50
+
+
+def reported_classes(*confusions: np.ndarray) -> np.ndarray | None:
+    """Indices of the classes to report, or None for all of them."""
+    if confusions[0].shape[0] <= MAX_LISTED_CLASSES:
+        return None
+    seen = np.zeros(confusions[0].shape[0], dtype=bool)
+    for c in confusions:
+        seen |= (c.sum(axis=0) > 0) | (c.sum(axis=1) > 0)
+    return np.flatnonzero(seen)
+
+
+def _all_or(keep: np.ndarray | None, n: int) -> Sequence[int]:
+    return range(n) if keep is None else keep.tolist()
+
+
+def _confusion_rows(confusion: np.ndarray, keep: np.ndarray | None) -> list[list[int]]:
+    return (confusion if keep is None else confusion[np.ix_(keep, keep)]).astype(int).tolist()
 
 
 def make_task(suite: Suite, class_names: Sequence[str], coco_category_ids: Sequence[int] = ()) -> Any:

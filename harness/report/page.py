@@ -110,9 +110,20 @@ def render_html(results: Mapping[str, Any], *, csv_hrefs: Sequence[str | None] |
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{esc(title)} \u2014 {esc(results.get('created'))}</title><style>{CSS}</style></head><body>"
         f"<header><h1>{esc(title)}</h1>{_run_line(results)}</header>"
-        f'<main><h2 id="summary">Summary</h2>{banner(results)}{summary_table(suites)}{sections}</main>'
+        f'<main><h2 id="summary">Summary</h2>{banner(results)}{summary_table(suites)}{_skipped(results)}'
+        f"{sections}</main>"
         f"<footer>{guarded('environment', lambda: _environment(results))}</footer></body></html>\n"
     )
+
+
+def _skipped(results: Mapping[str, Any]) -> str:
+    """Suites that could not run on this machine (e.g. real models behind an unset environment variable)."""
+    rows = [s for s in results.get("skipped") or [] if isinstance(s, Mapping)]
+    if not rows:
+        return ""
+    items = "".join(f'<li><span class="name">{esc(s.get("suite_file"))}</span>: {esc(s.get("reason"))}</li>'
+                    for s in rows)
+    return f'<div class="note"><p>{len(rows)} suite(s) skipped, not run:</p><ul>{items}</ul></div>'
 
 
 def _run_line(results: Mapping[str, Any]) -> str:
