@@ -32,7 +32,7 @@ Op = Literal[">=", "<="]
 
 #: Check names a verdict can carry; ``[suite] expect_reason`` must be one of them.
 CHECKS: tuple[str, ...] = (
-    "layerwise", "output", "bmrt", "input-parity", "fp32-golden", "metric", "calibration-drift", "leakage",
+    "layerwise", "output", "bmrt", "input-parity", "fp32-golden", "metric", "calibration-drift", "leakage", "reference",
 )
 
 # --- documented defaults --------------------------------------------------------------------------
@@ -67,6 +67,12 @@ SCALAR_GATES: dict[str, tuple[float | None, str, str, Op]] = {
     "fp32_golden_max_abs": (
         1e-4, "default: harness; fp32 reruns differ only by summation order (threads, SIMD)", "fp32-golden", "<=",
     ),
+    "reference_cosine_min": (
+        0.99999, "default: harness; two exports of the same weights differ only by float rounding", "reference", ">=",
+    ),
+    "reference_max_abs": (
+        1e-4, "default: harness; two exports of the same weights differ only by float rounding", "reference", "<=",
+    ),
     "calibration_drift_max_rel": (
         0.05, "default: harness; about one NNIE 8-bit log level (2^(1/16) - 1 = 4.4%)", "calibration-drift", "<=",
     ),
@@ -87,7 +93,14 @@ _REMEDIES: dict[str, str] = {
     "metric": "inspect the layerwise report, keep the worst layers in float, or recalibrate on more images",
     "calibration-drift": "calibration data or method changed; if intended, rerun with --golden-update",
     "leakage": "use calibration images that are not in the evaluation split",
+    "reference": "the model and its reference disagree from the named layer on: compare that layer's parameters "
+                 "in both files (a converter's padding, pooling rounding, eps or channel order)",
 }
+
+
+def remedy_for(check: str) -> str:
+    """The standard advice when ``check`` fails."""
+    return _REMEDIES.get(check, "see the report")
 
 
 @dataclass(frozen=True)

@@ -260,3 +260,21 @@ def test_suite_behind_an_unset_variable_is_skipped_and_listed(pytester: pytest.P
 
     monkeypatch.setenv("QH_TEST_MODELS", str(project))
     run(pytester).assert_outcomes(failed=3, passed=3)  # runs: the first run writes the golden
+
+
+def test_reference_model_check_names_the_first_layer_that_differs(pytester: pytest.Pytester, project: Path) -> None:
+    """``[model] reference`` adds the ``reference`` item: the model against another export of it, layer by layer
+    on the tensors both have (name and shape)."""
+    onnx.save(depthwise_model(), str(project / "twin.onnx"))
+    suite = project / "suites" / "tiny.toml"
+    suite.write_text(suite.read_text().replace('path = "../model.onnx"', 'path = "../model.onnx"\nreference = "../twin.onnx"'))
+    passed = run(pytester, "-k", "reference")
+    passed.assert_outcomes(passed=1)
+    shared = results(project)["suites"][0]["reference"]
+    assert shared["shared_layers"] >= 3 and all(r["max_abs"] == 0.0 for r in shared["tensors"])
+
+    onnx.save(depthwise_model(dw_scale=1.5), str(project / "twin.onnx"))
+    failed = run(pytester, "-k", "reference")
+    failed.assert_outcomes(failed=1)
+    section = _failure_section(failed.stdout.str(), "tiny::reference")
+    assert section[0].startswith("reference FAILED: first layer that differs from twin.onnx: dw (Conv) -> tensor 'dw_out'")

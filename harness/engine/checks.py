@@ -26,7 +26,8 @@ from harness.engine.results import CheckResult
 from harness.engine.stages import SuiteStages, stack
 from harness.errors import HarnessError
 from harness.golden.store import GoldenStore
-from harness.gates import Bound, Verdict, check_drop, check_layers, check_max, check_min, layer_bounds
+from harness.gates import (Bound, Verdict, check_drop, check_layers, check_max, check_min, layer_bounds,
+                           remedy_for)
 from harness.leakage import find_leakage
 
 _FP16_HALF_ULP = 2.0 ** -11  # relative rounding of a float16 dump
@@ -305,9 +306,57 @@ def calibration_drift(stages: SuiteStages) -> CheckResult:
     return result
 
 
+# --- reference model ------------------------------------------------------------------------------
+def reference(stages: SuiteStages) -> CheckResult:
+    """The model against its ``[model] reference`` in fp32 on the probe images: every layer both have (same
+    tensor name and shape; Caffe blob names usually survive conversion) and the graph outputs. The first layer
+    that differs is where a converter went wrong."""
+    ref, probe, gates = stages.reference_probe, stages.probe, stages.suite.gates
+    cos_bound, abs_bound = gates.bound("reference_cosine_min"), gates.bound("reference_max_abs")
+    infos = {t.name: t for t in stages.layers}
+    rows = []
+    for name in ref.shared:
+        stats = tensor_stats(stack(probe.layers[name]), stack(ref.values[name]))
+        rows.append({"tensor": name, "max_abs": stats.max_abs_error, "cosine": stats.cosine,
+                     "passed": stats.max_abs_error <= abs_bound.value and stats.cosine >= cos_bound.value})
+    where = relative_to_cwd(ref.path)
+    result = CheckResult("reference", sections={"reference": {"model": where, "shared_layers": len(rows),
+                                                               "layers": len(stages.layers), "tensors": rows}})
+    if not rows:
+        result.verdicts.append(Verdict(
+            check="reference", gate="reference_max_abs", passed=False, observed=float("nan"), bound=abs_bound.value,
+            op="<=", source=abs_bound.source, least_passing=None,
+            message=f"reference FAILED: {where} shares no tensor (name and shape) with the model",
+            remedy="give the reference the same tensor names (a converter that keeps blob names), or compare the "
+                   "two files' outputs with quant-harness compare", subject=None))
+        return result
+    failed = [r for r in rows if not r["passed"]]
+    worst = max(rows, key=lambda r: r["max_abs"])
+    if not failed:
+        result.verdicts.append(Verdict(
+            check="reference", gate="reference_max_abs", passed=True, observed=worst["max_abs"],
+            bound=abs_bound.value, op="<=", source=abs_bound.source, least_passing=worst["max_abs"],
+            message=f"reference passed: {len(rows)} shared tensors of {len(stages.layers)} agree with {where}; "
+                    f"largest difference {worst['max_abs']:.3g} at {worst['tensor']!r}, lowest cosine "
+                    f"{min(r['cosine'] for r in rows):.7f}", remedy="nothing to do", subject=worst["tensor"]))
+        return result
+    first = failed[0]
+    info = infos.get(first["tensor"])
+    at = f"{info.node_name} ({info.op_type}) -> tensor {first['tensor']!r}" if info else repr(first["tensor"])
+    result.verdicts.append(Verdict(
+        check="reference", gate="reference_max_abs", passed=False, observed=first["max_abs"], bound=abs_bound.value,
+        op="<=", source=abs_bound.source, least_passing=worst["max_abs"],
+        message=f"reference FAILED: first layer that differs from {where}: {at}, max abs difference "
+                f"{first['max_abs']:.4g} (bound {abs_bound.value:g}), cosine {first['cosine']:.6f}; "
+                f"{len(failed)} of {len(rows)} shared tensors differ",
+        remedy=remedy_for("reference"),
+        subject=first["tensor"], details={"n_failed": len(failed), "n_shared": len(rows)}))
+    return result
+
+
 CHECK_FUNCTIONS: dict[str, Callable[[SuiteStages], CheckResult]] = {
     "leakage": leakage, "input-parity": input_parity, "fp32-golden": fp32_golden, "layerwise": layerwise,
-    "outputs": outputs, "metrics": metrics, "calibration-drift": calibration_drift,
+    "outputs": outputs, "metrics": metrics, "calibration-drift": calibration_drift, "reference": reference,
 }
 
 

@@ -35,12 +35,14 @@ ITEM_CHECKS: dict[str, tuple[str, ...]] = {
     "outputs": ("output", "bmrt"),
     "metrics": ("metric",),
     "calibration-drift": ("calibration-drift",),
+    "reference": ("reference",),
 }
 
 
 def items_for(suite: Suite) -> list[str]:
-    """The items a suite runs (``layers`` suites have no task metrics)."""
-    return [i for i in ITEM_CHECKS if not (i == "metrics" and suite.task == "layers")]
+    """The items a suite runs (``layers`` suites have no task metrics; ``reference`` needs a reference model)."""
+    return [i for i in ITEM_CHECKS if not (i == "metrics" and suite.task == "layers")
+            and not (i == "reference" and suite.model.reference is None)]
 
 
 def item_of_check(check: str) -> str:

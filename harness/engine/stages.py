@@ -29,7 +29,7 @@ from harness.engine.task import MetricsSummary, make_task
 from harness.errors import CalibrationError, ConfigError, GoldenMissingError, HarnessError
 from harness.golden.store import GoldenStore, GoldenWriter
 from harness.model import load_model, make_session
-from harness.model.graph import TensorInfo
+from harness.model.graph import TensorInfo, tensor_list
 from harness.model.load import Model
 from harness.model.runner import TapRunner
 from harness.quant import (
@@ -73,6 +73,25 @@ class ProbeRun:
     metas: list[ImageMeta]
     layers: dict[str, list[np.ndarray]]  # fp32 (BN-folded) layer tensors, one array per probe image
     outputs: dict[str, list[np.ndarray]]  # fp32 graph outputs of the model as given, per probe image
+
+
+@dataclass
+class ReferenceRun:
+    """The reference model's tensors on the probe images: ``shared`` layers (names and shapes both models
+    have, topological order of the suite's model) and its graph ``outputs``."""
+
+    path: Path
+    values: dict[str, list[np.ndarray]]
+    shared: list[str]
+    outputs: list[str]
+
+
+def _same_shape(a: TensorInfo, b: TensorInfo) -> bool:
+    """Equal static shapes; unknown dimensions (None or symbolic) match anything."""
+    if a.shape is None or b.shape is None:
+        return True
+    return len(a.shape) == len(b.shape) and all(
+        not (isinstance(x, int) and isinstance(y, int)) or x == y for x, y in zip(a.shape, b.shape))
 
 
 @dataclass
@@ -161,6 +180,32 @@ class SuiteStages:
                 outputs.setdefault(name, []).append(value)
         self.timing["fp32_probe"] = time.perf_counter() - start
         return ProbeRun(np.concatenate(inputs), metas, layers, outputs)
+
+    # -- the reference model ([model] reference) on the probe images ----------------------------------
+    @cached_property
+    def reference_probe(self) -> ReferenceRun:
+        """The reference model (e.g. the ONNX twin of a Caffe model) on the same probe inputs, tapped at every
+        layer whose tensor name and shape it shares with this suite's model. Both sides are BN-folded, so a
+        Caffe BatchNorm+Scale pair and an ONNX BatchNormalization end up as the same convolution."""
+        path = self.suite.model.reference
+        if path is None:
+            raise ConfigError(f"Suite {self.suite.name!r} has no [model] reference", expected="a reference model",
+                              remedy="set [model] reference, or do not run the reference check")
+        start = time.perf_counter()
+        reference = load_model(path)
+        folded = fold_batchnorm(reference.proto)[0]
+        theirs = {t.name: t for t in tensor_list(folded)}
+        shared = [t.name for t in self.layers if t.name in theirs and _same_shape(t, theirs[t.name])]
+        runner = TapRunner(as_model(folded), taps=shared, threads=self.threads)
+        if len(runner.input_names) != 1:
+            raise ConfigError(f"Reference model {path} has inputs {runner.input_names}", expected="one image input")
+        probe, values = self.probe, {}
+        for i in range(probe.inputs.shape[0]):
+            for name, value in runner.run({runner.input_names[0]: probe.inputs[i: i + 1]}).items():
+                values.setdefault(name, []).append(value)
+        self.timing["reference"] = time.perf_counter() - start
+        return ReferenceRun(path=path, values=values, shared=shared,
+                            outputs=[o.name for o in folded.graph.output])
 
     # -- quantisation ---------------------------------------------------------------------------
     @cached_property

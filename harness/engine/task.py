@@ -74,6 +74,9 @@ def _pick(outputs: Outputs, name: str | None, position: int, what: str) -> np.nd
                               remedy=f"fix [postprocess] {what} in the suite file")
         return outputs[name]
     names = list(outputs)
+    conventional = what.removesuffix("_output")  # an output literally named "scores" / "boxes" / "logits" wins
+    if conventional in outputs:
+        return outputs[conventional]
     if position >= len(names):
         raise ConfigError(f"Model has {len(names)} output(s); the {what} is expected at position {position}",
                           expected="scores and boxes outputs", remedy=f"set [postprocess] {what}")
@@ -112,6 +115,10 @@ class DetectionTask:
         post = self.post
         scores = _pick(outputs, post.scores_output, 0, "scores_output")[0]
         raw = _pick(outputs, post.boxes_output, 1, "boxes_output")[0]
+        if raw.shape[-1] != 4:
+            raise ConfigError(f"The boxes output has shape {list(raw.shape)}", expected="[..., 4] box coordinates",
+                              remedy=f"name the outputs in [postprocess] boxes_output / scores_output (the model's "
+                                     f"outputs: {list(outputs)})")
         if isinstance(post, SsdPostprocess):
             if post.score_activation == "softmax":
                 scores = softmax(scores, axis=-1)
