@@ -105,3 +105,9 @@ class GoldenMissingError(GoldenError):
 
 class GoldenCorruptError(GoldenError):
     """A golden file does not match its manifest (size or checksum)."""
+
+
+# --- model conversion ---------------------------------------------------------------------------
+class ModelConversionError(ModelFormatError):
+    """A model in another framework's format (a Caffe prototxt/caffemodel) parses, but uses a layer,
+    option or weight layout the importer cannot convert to ONNX with the same meaning."""

@@ -15,6 +15,9 @@ core needs a graph it can rewrite:
 
 Every tensor name of the original graph is kept: golden dumps and calibration tables are keyed
 by those names, and the version converter is checked not to have renamed any.
+
+A Caffe model is loaded from its ``.prototxt`` (weights: the ``.caffemodel`` of the same stem beside
+it); it is converted by ``harness.model.caffe`` and then normalised like any ONNX file.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from harness.errors import (
     ModelFormatError,
     ModelNotFoundError,
 )
+from harness.model.caffe import caffe_to_onnx, caffemodel_beside
 
 MIN_OPSET = 13
 _LFS_MAGIC = b"version https://git-lfs"
@@ -44,7 +48,9 @@ class Model:
     """A loaded, normalised model and where it came from.
 
     ``sha256`` is of the file as read (before normalisation): it is what golden manifests record,
-    so a re-export of the same weights with another exporter shows up as a changed model.
+    so a re-export of the same weights with another exporter shows up as a changed model. For a
+    Caffe model it is the sha256 of the prototxt's bytes followed by the caffemodel's bytes (both
+    files define the model), and ``original_opset``/``original_ir_version`` are the converter's.
     """
 
     path: Path
@@ -72,8 +78,22 @@ class Model:
 
 
 def load_model(path: str | os.PathLike[str], *, normalise: bool = True) -> Model:
-    """Read ``path``, reject it with a precise error if it is not an ONNX model, and normalise it."""
+    """Read ``path``, reject it with a precise error if it is not an ONNX model, and normalise it.
+
+    A ``.prototxt`` path is a Caffe model: it is converted (the ``.caffemodel`` beside it holds the
+    weights), then normalised as usual.
+    """
     path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".caffemodel":
+        prototxt = path.with_suffix(".prototxt")
+        raise ModelFormatError(
+            f"Model path {path} is Caffe weights; the network is defined by its prototxt",
+            expected="the .prototxt (give the .prototxt; the .caffemodel beside it is found by name)",
+            remedy=f"load {prototxt}" + ("" if prototxt.is_file() else " (it is not there yet: put the deploy prototxt beside the weights)"),
+        )
+    if suffix == ".prototxt":
+        return _load_caffe(path, normalise=normalise)
     data = _read_bytes(path)
     _refuse_obvious_non_models(path, data)
     proto = _parse(path, data)
@@ -90,6 +110,22 @@ def load_model(path: str | os.PathLike[str], *, normalise: bool = True) -> Model
         original_opset=original_opset,
         original_ir_version=original_ir,
         dropped_initializer_inputs=dropped,
+    )
+
+
+def _load_caffe(path: Path, *, normalise: bool) -> Model:
+    proto = caffe_to_onnx(path)
+    digest = hashlib.sha256(path.read_bytes())
+    digest.update(caffemodel_beside(path).read_bytes())
+    original_opset, original_ir = default_opset(proto), proto.ir_version
+    if normalise:
+        proto, _ = normalise_model(proto, source=path)
+    return Model(
+        path=path,
+        proto=proto,
+        sha256=digest.hexdigest(),
+        original_opset=original_opset,
+        original_ir_version=original_ir,
     )
 
 
@@ -185,7 +221,8 @@ def _parse(path: Path, data: bytes) -> onnx.ModelProto:
         raise ModelFormatError(
             f"Model file {path} is not an ONNX protobuf ({len(data)} bytes, starts with {data[:8]!r})",
             expected="an ONNX model (.onnx)",
-            remedy="export the model to ONNX (e.g. torch.onnx.export); Caffe/TFLite files need converting first",
+            remedy="export the model to ONNX (e.g. torch.onnx.export); TFLite files need converting first, "
+            "Caffe models load from their .prototxt",
         ) from exc
     if proto.ir_version <= 0 or not proto.HasField("graph"):
         raise ModelFormatError(
