@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 from onnx import helper, numpy_helper
 
 from harness.errors import ModelConversionError
+from harness.model.graph import fresh_name
 
 Shape = tuple[int, ...]
 
@@ -31,12 +32,7 @@ class Tensor:
 
 def unique(base: str, taken: set[str]) -> str:
     """``base``, or ``base#2``, ``base#3``... whichever is free; it is then taken."""
-    name, n = base, 1
-    while name in taken:
-        n += 1
-        name = f"{base}#{n}"
-    taken.add(name)
-    return name
+    return fresh_name(base, taken, separator="#")
 
 
 @dataclass

@@ -140,3 +140,14 @@ def _value_types(proto: onnx.ModelProto) -> dict[str, tuple[int, tuple[int | str
             )
         out[vi.name] = (ttype.elem_type, shape)
     return out
+
+
+def fresh_name(base: str, taken: set[str], *, separator: str = "_") -> str:
+    """``base``, or ``base<sep>2``, ``base<sep>3``... whichever is not in ``taken``; it is then taken. Rewrites
+    (BN folding, the Caffe importer) add tensors that must not collide with names the model already has."""
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}{separator}{n}"
+    taken.add(name)
+    return name

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from harness.model.graph import node_display_name
+from harness.model.graph import fresh_name, node_display_name
 
 
 @dataclass(frozen=True)
@@ -119,20 +119,11 @@ def _fold_into_gemm(gemm, scale, shift, graph, inits, taken) -> bool:
 def _set_inputs(node, graph, taken: set[str], values: dict[int, tuple[str, np.ndarray]]) -> None:
     base = node_display_name(node)
     for index, (kind, array) in values.items():
-        name = _fresh(f"{base}_{kind}_bnfolded", taken)
+        name = fresh_name(f"{base}_{kind}_bnfolded", taken)
         graph.initializer.append(numpy_helper.from_array(array.astype(np.float32), name))
         while len(node.input) <= index:
             node.input.append("")
         node.input[index] = name
-
-
-def _fresh(name: str, taken: set[str]) -> str:
-    candidate, n = name, 1
-    while candidate in taken:
-        n += 1
-        candidate = f"{name}_{n}"
-    taken.add(candidate)
-    return candidate
 
 
 def _drop_unused(graph: onnx.GraphProto) -> None:
