@@ -185,8 +185,34 @@ def test_bn_folded_before_calibration():
     assert sites == [("input", "conv1"), ("flat", "fc")]
 
 
-def test_overlapped_sessions_give_identical_ranges(residual):
+@pytest.mark.parametrize("method", ["kl", "minmax"])
+def test_overlapped_sessions_give_identical_ranges(residual, method):
     tensors = [t for t, _ in activation_sites(residual.proto, get_profile("ncnn-int8"))]
-    plain = run_calibrators(residual, {t: make_calibrator("kl") for t in tensors}, batches(7))
-    overlapped = run_calibrators(residual, {t: make_calibrator("kl") for t in tensors}, batches(7), overlap=True)
-    assert plain == overlapped
+    runs = [run_calibrators(residual, {t: make_calibrator(method) for t in tensors}, batches(7), threads=threads,
+                            overlap=overlap)
+            for threads, overlap in ((2, False), (2, True), (1, None), (3, None))]
+    assert all(r == runs[0] for r in runs[1:])
+
+
+def test_overlapped_sessions_feed_batches_in_order(residual):
+    """Two sessions run at once, but every calibrator still sees the batches in data order."""
+    minmax = type(make_calibrator("minmax"))
+
+    def record(overlap: bool) -> list[tuple[str, float]]:
+        seen: list[tuple[str, float]] = []
+
+        class Recorder(minmax):
+            def __init__(self, name: str) -> None:
+                super().__init__()
+                self.name = name
+
+            def partial_fit(self, batch):
+                seen.append((self.name, float(np.asarray(batch, np.float64).sum())))
+                return super().partial_fit(batch)
+
+        run_calibrators(residual, {n: Recorder(n) for n in ("x", "r1")}, batches(9), threads=2, overlap=overlap)
+        return seen
+
+    overlapped = record(True)
+    assert overlapped == record(False)
+    assert [v for n, v in overlapped if n == "x"] == [float(d.astype(np.float64).sum()) for d in batches(9)()]

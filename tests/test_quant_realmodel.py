@@ -148,3 +148,25 @@ def _tapped(proto: onnx.ModelProto, names: list[str]):
     for name in names:
         tapped.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     return make_session(tapped.SerializeToString(), threads=2, optimization=MODE_OPTIMIZATION["simulate"])
+
+
+@pytest.mark.parametrize("profile", ["ncnn-int8", "ort-qdq"])
+def test_simulate_session_is_bit_identical_to_the_written_model(mnv2, profile):
+    """mode_session('simulate') folds the constant weight DequantizeLinear nodes (the speed-up
+    measured by benchmarks/bench_calibrate.py); it must compute exactly what the written QDQ model
+    computes with graph optimisations off, tapped dequantised activations included."""
+    from harness.model import TapRunner
+    from harness.quant.calibration import as_model
+    from harness.quant.simulate import mode_runner, mode_session
+
+    model, probes, augmented, _ = mnv2
+    qm = quantize_model(model, get_profile(profile), lambda: iter(augmented[:8]), threads=2)
+    written = make_session(qm.qdq.proto.SerializeToString(), threads=2, optimization=MODE_OPTIMIZATION["simulate"])
+    simulate = mode_session(qm.qdq, "simulate", threads=2)
+    taps = sorted(qm.qdq.dequantized_tensors.values())[::7]
+    want_runner = TapRunner(as_model(qm.qdq.proto), taps=taps, threads=2, optimization="disabled")
+    got_runner = mode_runner(qm.qdq, "simulate", taps=taps, threads=2)
+    for x in probes:
+        assert simulate.run(None, {"input": x})[0].tobytes() == written.run(None, {"input": x})[0].tobytes()
+        want, got = want_runner.run(x), got_runner.run(x)
+        assert all(got[name].tobytes() == want[name].tobytes() for name in want)

@@ -149,3 +149,129 @@ def test_mobilenet_v2_modes_agree_within_one_step(realmodels_dir: Path) -> None:
     assert worst.local_max_steps <= 1, worst
     # End to end the one-step differences propagate; the report must show that too.
     assert max(r.accumulated_max_steps for r in report) >= worst.local_max_steps
+
+
+# --- the simulate mode's faster set-up must not change a bit -------------------------------------
+def _relu_site_model(*, clip: bool) -> onnx.ModelProto:
+    """input -> Relu (or Clip(min=0, max=6) with Constant bounds) -> r -> GlobalAveragePool -> output."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Relu", ["input"], ["r"], name="act")]
+    if clip:
+        nodes = [helper.make_node("Constant", [], ["lo"], value=numpy_helper.from_array(np.float32(0.0))),
+                 helper.make_node("Constant", [], ["hi"], value=numpy_helper.from_array(np.float32(6.0))),
+                 helper.make_node("Clip", ["input", "lo", "hi"], ["r"], name="act")]
+    nodes.append(helper.make_node("GlobalAveragePool", ["r"], ["output"], name="pool"))
+    graph = helper.make_graph(nodes, "relu_site", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 2, 8, 8])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 2, 1, 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+_FAKE_QUANT_SCHEMES = {"int8_sym_away": SCHEMES["int8_sym_away"], "int16_sym": SCHEMES["int16_sym"],
+                       "uint8_asym_away": QuantScheme(symmetric=False, signed=False, narrow_range=False,
+                                                      rounding="half_away")}
+
+
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize("key", sorted(_FAKE_QUANT_SCHEMES))
+def test_nonnegative_site_is_bit_identical_to_the_general_subgraph(monkeypatch, key: str, clip: bool) -> None:
+    """A Relu/Clip(min >= 0) output gets a shorter fake-quant subgraph; it computes the same bits
+    as the general one, on ties, zeros, -0.0 and values past the clip."""
+    import harness.quant.simulate as simulate
+
+    scheme = _FAKE_QUANT_SCHEMES[key]
+    top = 127 / 32 if scheme.bits == 8 else 32767 / 8192  # power-of-two steps, as above
+    tq = _tq(scheme, *((-top, top) if scheme.symmetric else (-4.0, 127 / 32)))
+    step = np.asarray(tq.scale, np.float32).reshape(())
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((1, 2, 8, 8)) * 3).astype(np.float32)
+    x.ravel()[:40] = (np.arange(40, dtype=np.float32) - 10 + 0.5) * step  # ties, negative and positive
+    x.ravel()[40:44] = [0.0, -0.0, 1e-30, -1e-30]
+    x.ravel()[44:48] = [500.0, 6.0, 5.9999995, 1e6]
+    plan = QuantPlan(activations={("r", "*"): tq})
+    fast = write_qdq_model(_relu_site_model(clip=clip), plan)
+    monkeypatch.setattr(simulate, "_nonnegative_tensors", lambda graph: set())
+    general = write_qdq_model(_relu_site_model(clip=clip), plan)
+    if scheme.rounding == "half_away" and scheme.bits == 8:
+        assert "Sign" not in {n.op_type for n in fast.proto.graph.node}  # the short form was written
+    a = TapRunner(_model(fast.proto), optimization="disabled").run(x)[fast.dequantized_tensors["r"]]
+    b = TapRunner(_model(general.proto), optimization="disabled").run(x)[general.dequantized_tensors["r"]]
+    assert a.tobytes() == b.tobytes()
+    if np.log2(float(step)).is_integer():  # x / s exact in float32 and float64 alike: numpy agrees too
+        np.testing.assert_array_equal(a, fake_quant(np.clip(x, 0, 6 if clip else None), scheme, tq.scale, tq.zero_point))
+
+
+def test_nonnegative_tensors_are_relu_and_clip_from_zero() -> None:
+    from onnx import helper
+
+    from harness.quant.simulate import _nonnegative_tensors
+
+    graph = _relu_site_model(clip=True).graph
+    graph.node.extend([helper.make_node("Clip", ["input", "", "hi"], ["no_lower_bound"]),
+                       helper.make_node("Clip", ["input", "hi", ""], ["from_six"]),
+                       helper.make_node("Relu", ["input"], ["relu"]),
+                       helper.make_node("Neg", ["relu"], ["neg"])])
+    assert _nonnegative_tensors(graph) == {"r", "from_six", "relu"}
+
+
+def _weights_plan(proto: onnx.ModelProto) -> QuantPlan:
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    w_scheme = QuantScheme(granularity="per_channel", axis=0)
+    weights = {n.input[1]: _tq(w_scheme, *weight_ranges(inits[n.input[1]], w_scheme))
+               for n in proto.graph.node if n.op_type in ("Conv", "Gemm")}
+    away = QuantScheme(rounding="half_away")
+    activations = {(name, "*"): _tq(away, -3.0, 3.0) for name in ("input", "relu_out", "flat")}
+    return QuantPlan(weights=weights, activations=activations, quantize_bias=True)
+
+
+def test_simulation_proto_folds_conv_weights_bit_identically() -> None:
+    from harness.quant.simulate import mode_runner, mode_session, simulation_proto
+
+    proto = _folded()
+    qdq = write_qdq_model(proto, _weights_plan(proto))
+    folded = simulation_proto(qdq.proto)
+    onnx.checker.check_model(folded)
+    dq_readers = {c.op_type for n in folded.graph.node if n.op_type == "DequantizeLinear"
+                  for c in folded.graph.node if n.output[0] in c.input}
+    assert "Conv" not in dq_readers and "Gemm" in dq_readers  # Gemm prepacks a constant weight: kept
+    reference = make_session(qdq.proto.SerializeToString(), optimization="disabled")
+    session = mode_session(qdq, "simulate")
+    runner = mode_runner(qdq, "simulate", taps=sorted(qdq.dequantized_tensors.values()))
+    want_runner = TapRunner(_model(qdq.proto), taps=sorted(qdq.dequantized_tensors.values()), optimization="disabled")
+    for seed in range(3):
+        x = np.random.default_rng(seed).standard_normal((1, 3, 8, 8)).astype(np.float32)
+        assert session.run(None, {"input": x})[0].tobytes() == reference.run(None, {"input": x})[0].tobytes()
+        got, want = runner.run(x), want_runner.run(x)
+        assert all(got[k].tobytes() == want[k].tobytes() for k in want)
+
+
+@pytest.mark.parametrize("op, x_shape, w_shape, attrs", [
+    ("Conv", (1, 16, 12, 12), (32, 16, 1, 1), {}),
+    ("Conv", (1, 16, 12, 12), (32, 16, 3, 3), {"pads": [1, 1, 1, 1]}),
+    ("Conv", (1, 16, 12, 12), (16, 1, 3, 3), {"pads": [1, 1, 1, 1], "group": 16}),
+    ("ConvTranspose", (1, 16, 6, 6), (16, 8, 2, 2), {"strides": [2, 2]}),
+])
+def test_conv_reads_a_constant_weight_like_a_computed_one(op: str, x_shape, w_shape, attrs) -> None:
+    """Why simulation_proto may fold Conv/ConvTranspose weights: with optimisations off, onnxruntime
+    computes the same bits whether the weight is an initializer or a tensor computed at run time
+    (Gemm and MatMul prepack a constant weight and round differently, so theirs are not folded)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    outputs = []
+    for constant in (True, False):
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))]
+        if not constant:
+            inputs.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, list(w_shape)))
+        graph = helper.make_graph([helper.make_node(op, ["x", "w"], ["y"], **attrs)], "g", inputs,
+                                  [helper.make_empty_tensor_value_info("y")],
+                                  [numpy_helper.from_array(w, "w")] if constant else [])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+        session = make_session(model.SerializeToString(), threads=2, optimization="disabled")
+        outputs.append(session.run(None, {"x": x} if constant else {"x": x, "w": w})[0])
+    assert outputs[0].tobytes() == outputs[1].tobytes()

@@ -1,11 +1,11 @@
 """The calibration driver: model + profile + data -> ranges -> :class:`QuantPlan` -> QDQ model.
 
-One fp32 session with taps on exactly the tensors that need a range (not every tensor: each tap
-costs a layout conversion in onnxruntime) streams the calibration batches; each tensor has one
-calibrator however many edges read it. Histogram calibrators (kl, percentile, mse) need a second
-pass over the same data, so the data comes from ``batches_factory``, called once per pass, and
-nothing but counters and histograms is kept between batches: memory does not grow with the
-number of images.
+fp32 sessions with taps on exactly the tensors that need a range (not every tensor: each tap
+costs a layout conversion in onnxruntime) stream the calibration batches (two sessions taking
+turns, see :func:`run_calibrators`); each tensor has one calibrator however many edges read it.
+Histogram calibrators (kl, percentile, mse) need a second pass over the same data, so the data
+comes from ``batches_factory``, called once per pass, and nothing but counters and histograms is
+kept between batches: memory does not grow with the number of images.
 
 Graph inputs can be sites (``all_tensors`` placement) but are not node outputs, so they are fed to
 their calibrator straight from the batch.
@@ -14,7 +14,8 @@ their calibrator straight from the batch.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from harness.errors import CalibrationError, ConfigError
 from harness.model.graph import node_display_name
 from harness.model.load import Model
 from harness.model.runner import TapRunner
+from harness.model.session import default_threads
 from harness.quant.calibrate import CalibrationRange, Calibrator, make_calibrator
 from harness.quant.fold import FoldedPair, fold_batchnorm
 from harness.quant.placement import Placement, compute_placement, weight_nodes
@@ -108,21 +110,29 @@ def run_calibrators(
     *,
     threads: int | None = None,
     progress: Progress | None = None,
-    overlap: bool = False,
+    overlap: bool | None = None,
 ) -> dict[str, CalibrationRange]:
     """Drive ready-made calibrators (one per tensor) through one or two passes and compute them.
 
     Exposed so a sharded run can call it per shard with its own calibrators and ``merge`` them.
-    ``overlap``: run the next batch's forward pass (onnxruntime, GIL released) on a second
-    session while this batch's tensors are binned in numpy; the two sessions alternate because a
-    TapRunner's views are only valid until its next run. Results do not depend on it. Off by
-    default: measured on MobileNetV2 (2 cores) it gains 7 % with onnxruntime's thread spinning off
-    and loses 30 % with it on (today's sessions spin), for twice the session memory.
+
+    ``overlap`` (default: on when ``threads`` is 2 or more): two sessions of ``threads - 1``
+    onnxruntime threads each take turns, so forward passes (onnxruntime releases the GIL) run on
+    one core while the calling thread bins the previous batch on the other, and when binning is
+    quick (the range pass) both sessions run at once. numpy holds the GIL for most of the binning
+    (``np.bincount``), so a second binning thread gains nothing: overlapping it with the forward
+    passes is what keeps both cores busy. Each calibrator still sees its batches one at a time and
+    in order, so results do not depend on it. Measured on MobileNetV2 (2 cores, KL, 100 images; see
+    ``benchmarks/bench_calibrate.py``): 1.1x to 1.3x faster than one session of 2 threads, for
+    twice the session memory (peak RSS about 400 MiB instead of 290).
     """
     m = as_model(model)
     inputs = set(m.input_names)
     taps = [t for t in calibrators if t not in inputs]
-    runners = [TapRunner(m, taps=taps, threads=threads) for _ in range(2 if overlap else 1)]
+    total = threads or default_threads()
+    overlap = total >= 2 if overlap is None else overlap
+    runners = ([TapRunner(m, taps=taps, threads=max(1, total - 1)) for _ in range(2)] if overlap
+               else [TapRunner(m, taps=taps, threads=total)])
     single = not any(c.two_pass for c in calibrators.values())
     _one_pass(runners, calibrators, batches_factory, "single" if single else "range", progress)
     second = {t: c for t, c in calibrators.items() if c.two_pass}
@@ -135,24 +145,24 @@ def run_calibrators(
 
 def _one_pass(runners: list[TapRunner], cals: Mapping[str, Calibrator], factory: BatchesFactory, phase: str,
               progress: Progress | None) -> None:
+    """Feed every batch's tensors to ``cals``, with one forward pass in flight per runner.
+
+    A runner's views stay valid until its next run, so it gets its next batch only after the
+    calling thread has binned the current one; batches are binned in order.
+    """
     input_name = runners[0].input_names[0]
     n_batches = 0
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with ThreadPoolExecutor(max_workers=len(runners)) as pool:
         batches = iter(factory())
-        pending = None  # (future of views, feeds) of the batch running on the other session
-        turn = 0
-        batch = next(batches, None)
-        if batch is not None:
-            pending = (pool.submit(runners[turn].run_views, batch), batch)
-        while pending is not None:
-            future, batch = pending
+        in_flight: deque[tuple[Future, Batch, TapRunner]] = deque()
+        for runner in runners:
+            batch = next(batches, None)
+            if batch is None:
+                break
+            in_flight.append((pool.submit(runner.run_views, batch), batch, runner))
+        while in_flight:
+            future, batch, runner = in_flight.popleft()
             views = future.result()
-            turn = (turn + 1) % len(runners)
-            upcoming = next(batches, None)
-            # with one runner the next run would overwrite `views`: run it after binning instead
-            pending = None
-            if upcoming is not None and len(runners) > 1:
-                pending = (pool.submit(runners[turn].run_views, upcoming), upcoming)
             feeds = batch if isinstance(batch, Mapping) else {input_name: batch}
             for name, cal in cals.items():
                 cal.partial_fit(views[name] if name in views else feeds[name])
@@ -160,8 +170,9 @@ def _one_pass(runners: list[TapRunner], cals: Mapping[str, Calibrator], factory:
             if progress is not None:
                 first = next(iter(feeds.values()))
                 progress(phase, int(first.shape[0]) if np.ndim(first) else 1)
-            if upcoming is not None and pending is None:
-                pending = (pool.submit(runners[turn].run_views, upcoming), upcoming)
+            upcoming = next(batches, None)
+            if upcoming is not None:
+                in_flight.append((pool.submit(runner.run_views, upcoming), upcoming, runner))
     if n_batches == 0:
         raise CalibrationError(f"Got no calibration batches in the {phase} pass",
                                expected="batches_factory() to yield the same non-empty data on every call",
