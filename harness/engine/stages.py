@@ -77,13 +77,12 @@ class ProbeRun:
 
 @dataclass
 class ReferenceRun:
-    """The reference model's tensors on the probe images: ``shared`` layers (names and shapes both models
-    have, topological order of the suite's model) and its graph ``outputs``."""
+    """The reference model's tensors on the probe images at the ``shared`` layers (names and shapes both models
+    have, topological order of the suite's model; graph outputs with matching names are among them)."""
 
     path: Path
     values: dict[str, list[np.ndarray]]
     shared: list[str]
-    outputs: list[str]
 
 
 def _same_shape(a: TensorInfo, b: TensorInfo) -> bool:
@@ -204,8 +203,7 @@ class SuiteStages:
             for name, value in runner.run({runner.input_names[0]: probe.inputs[i: i + 1]}).items():
                 values.setdefault(name, []).append(value)
         self.timing["reference"] = time.perf_counter() - start
-        return ReferenceRun(path=path, values=values, shared=shared,
-                            outputs=[o.name for o in folded.graph.output])
+        return ReferenceRun(path=path, values=values, shared=shared)
 
     # -- quantisation ---------------------------------------------------------------------------
     @cached_property
