@@ -35,6 +35,7 @@ from harness.quant.fold import FoldedPair, fold_batchnorm
 from harness.quant.placement import Placement, compute_placement, weight_nodes
 from harness.quant.plan import QuantPlan, TensorQuant
 from harness.quant.profiles import Profile
+from harness.quant.range_rules import range_owners
 from harness.quant.scheme import QuantScheme, quant_params, weight_ranges
 from harness.quant.tables import ncnn_scales_from_absmax, onnx_scale_from_ncnn
 
@@ -244,9 +245,11 @@ def build_plan(folded_proto: onnx.ModelProto, profile: Profile, ranges: Mapping[
         raise CalibrationError(f"Got no range for {len(missing)} tensor(s), e.g. {missing[:3]}",
                                expected="a range for every activation site of the profile",
                                remedy="calibrate with the same profile (placement, float layers) as the plan")
+    owners = range_owners(folded_proto, profile.range_rules, frozenset(ranges))
     activations: dict[tuple[str, str], TensorQuant] = {}
     for tensor, consumer in placement.sites:
-        rng = ranges[placement.shared.get(tensor, tensor)]
+        own = placement.shared.get(tensor, tensor)
+        rng = ranges[owners.get(own, own)]
         activations[(tensor, consumer)] = activation_quant(profile.activation_scheme_for(consumer), rng,
                                                            ncnn_scales=profile.table_format == "ncnn")
     return QuantPlan(weights=build_weights(folded_proto, profile), activations=activations,

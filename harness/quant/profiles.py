@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from harness.errors import ConfigError
 from harness.quant.calibrate import METHODS, make_calibrator
+from harness.quant.range_rules import RANGE_RULES
 from harness.quant.scheme import QuantScheme
 
 Placement = Literal["conv_inputs", "all_tensors", "ort_qdq"]
@@ -51,6 +52,9 @@ class Profile:
     ``weight_scheme``; otherwise depthwise Conv weights use that granularity.
     ``high_precision_layers`` use ``high_precision_scheme`` for their weights and input
     activations (NNIE ``_hp``). ``float_layers`` stay fp32 (ncnn ``#`` lines, tpu-mlir qtable F32).
+    ``range_rules``: which tensors the target makes share a range after calibration ("tpu-mlir":
+    Reshape/Permute/Relu/MaxPool... outputs use their input's, see :mod:`harness.quant.range_rules`);
+    the table still holds every tensor's own range, as the toolchain's does.
     ``input_note`` documents how the runtime interprets a quantised model input.
     """
 
@@ -68,6 +72,7 @@ class Profile:
     high_precision_scheme: QuantScheme | None = None
     float_layers: frozenset[str] = frozenset()
     table_format: TableFormat = None
+    range_rules: str = "none"
     input_note: str = ""
 
     def __post_init__(self) -> None:
@@ -84,6 +89,9 @@ class Profile:
         if self.table_format not in TABLE_FORMATS:
             raise ConfigError(f"Got table_format={self.table_format!r}", expected="'ncnn', 'tpu-mlir' or none",
                               remedy="leave it unset for profiles without a table")
+        if self.range_rules not in RANGE_RULES:
+            raise ConfigError(f"Got range_rules={self.range_rules!r}", expected=f"one of {', '.join(RANGE_RULES)}",
+                              remedy="use 'tpu-mlir' for Sophon's propagation rules, or 'none' for a range per tensor")
         if self.depthwise_weight_granularity not in (None, "per_tensor", "per_channel"):
             raise ConfigError(f"Got depthwise_weight_granularity={self.depthwise_weight_granularity!r}",
                               expected="'per_tensor', 'per_channel' or unset", remedy="use one of those")
@@ -205,12 +213,16 @@ def _bm1684() -> Profile:
     Our choices (DESIGN.md states none): rounding half away from zero, which is the default of
     tpu-mlir's ``to_int8`` helpers (from our reading of its source; override ``rounding`` if a
     board dump disagrees); biases int32 with scale ``s_in * s_w``, as tpu-mlir lowers int8 Conv.
+    Fact (tpu-mlir's TopToTpu conversion): value-moving ops share ranges with their neighbours
+    before lowering (``range_rules = "tpu-mlir"``); a Transpose that kept its own threshold clipped
+    UltraFace's box regressions.
     """
     return Profile(
         name="bm1684-int8", description="Sophon/tpu-mlir: per-channel symmetric weights, KL thresholds on all tensors",
         weight_scheme=dataclasses.replace(_SYM8, granularity="per_channel", axis=0, rounding="half_away"),
         activation_scheme=dataclasses.replace(_SYM8, rounding="half_away"),
-        activation_method="kl", placement="all_tensors", quantize_bias=True, table_format="tpu-mlir")
+        activation_method="kl", placement="all_tensors", quantize_bias=True, table_format="tpu-mlir",
+        range_rules="tpu-mlir")
 
 
 _TFLITE_INPUT = ("TFLite uint8/int8 input: real = (q - mean_value) / std_value; float [0,1] is mean 0, std 255; "

@@ -1,0 +1,152 @@
+"""Which calibrated range each tensor finally uses, after a toolchain's own propagation rules.
+
+A calibration table gives every tensor its own range, but a compiler does not use them all: an op
+that only moves or selects values (Reshape, Transpose, MaxPool, Relu) must produce the int8 codes
+it received, so the compiler makes its output use its input's range, or the other way round. A
+simulation that gave such an output its own threshold would requantise where the device does not
+(and clip where the device does not: UltraFace's box-regression Transpose lost 97 % of its SQNR that
+way under bm1684-int8).
+
+``tpu-mlir`` (Sophon BM1684): the rules of tpu-mlir's TopToTpu conversion (``calibration_process``,
+read from its source: facts only, re-implemented). They run in this order, each a copy of another
+tensor's *current* range (not a link):
+
+1. forward through Reshape and Permute: the output takes its input's range;
+2. backward into Concat (also Min and Max): when every input is calibrated and read only by the
+   Concat (or also by MaxPool), either all inputs already share one range and the output takes it,
+   or every input takes the output's range, and so does the input of a Reshape/Permute that
+   produced it (one level);
+3. backward through Relu, MaxPool, DepthToSpace, Abs, LeakyRelu and PRelu: an input read by nothing
+   else takes the output's range (LeakyRelu and PRelu keep the input's minimum; the threshold of a
+   symmetric scheme is then still the output's), and so does the input of a Reshape/Permute that
+   produced it;
+4. forward through Relu, MaxPool, Reshape, Unsqueeze, Squeeze, Slice, Tile, Pad, Permute, Upsample,
+   LeakyRelu, PRelu, Abs and (BM1684 family) AvgPool: the output takes its input's range.
+
+ONNX ops map onto those as tpu-mlir's ONNX front end does: Flatten is a Reshape, Transpose a
+Permute, GlobalAveragePool an AvgPool, and a Clip with minimum 0 a Relu with an upper limit (how
+it imports ReLU6). Not modelled: MulConst (a range scaled by the constant), the sign rules (they
+pick signed or unsigned int8; our bm1684 profile is signed throughout) and Resize (an Upsample only
+for integer nearest scales).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from harness.model.graph import topological_nodes
+
+RangeRules = str  # "none" | "tpu-mlir"
+RANGE_RULES: tuple[str, ...] = ("none", "tpu-mlir")
+
+_RESHAPE_LIKE = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
+_STEP1_FORWARD = frozenset({"Reshape", "Flatten", "Transpose"})
+_STEP2_MULTI_INPUT = frozenset({"Concat", "Min", "Max"})
+_STEP3_BACKWARD = frozenset({"Relu", "MaxPool", "DepthToSpace", "Abs", "LeakyRelu", "PRelu"})
+_STEP4_FORWARD = frozenset({"Relu", "MaxPool", "Reshape", "Flatten", "Unsqueeze", "Squeeze", "Slice", "Tile", "Pad",
+                            "Transpose", "Upsample", "LeakyRelu", "PRelu", "Abs", "AveragePool",
+                            "GlobalAveragePool"})
+
+
+def range_owners(proto: onnx.ModelProto, rules: RangeRules, calibrated: set[str] | frozenset[str]) -> dict[str, str]:
+    """``{tensor: tensor whose calibrated range it uses}`` for every tensor that does not use its own.
+
+    ``calibrated``: the tensors that have a range (a float layer's outputs have none, and rules
+    never route through them).
+    """
+    if rules == "none":
+        return {}
+    if rules != "tpu-mlir":
+        raise ValueError(f"unknown range rules {rules!r}")
+    return _tpu_mlir(proto, set(calibrated))
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """Initializers and Constant-node outputs (a Clip's bounds can be either)."""
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                values[node.output[0]] = numpy_helper.to_array(value)
+    return values
+
+
+def _tpu_mlir(proto: onnx.ModelProto, calibrated: set[str]) -> dict[str, str]:
+    graph = proto.graph
+    nodes = topological_nodes(graph)
+    inits = _constants(graph)
+    producers = {out: node for node in nodes for out in node.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    owner = {name: name for name in calibrated}
+
+    def op_of(node: onnx.NodeProto) -> str:
+        return _as_tpu_mlir_op(node, inits)
+
+    def data_io(node: onnx.NodeProto) -> tuple[str, str] | None:
+        ins = [i for i in node.input[:1] if i]
+        if not ins or not node.output or ins[0] not in owner or node.output[0] not in owner:
+            return None
+        return ins[0], node.output[0]
+
+    def single_use(name: str) -> bool:
+        return len(readers.get(name, [])) == 1 and name not in {o.name for o in graph.output}
+
+    def backward_one_level(name: str) -> None:
+        producer = producers.get(name)
+        if producer is not None and op_of(producer) in _RESHAPE_LIKE | {"DepthToSpace"}:
+            io = data_io(producer)
+            if io is not None:
+                owner[io[0]] = owner[io[1]]
+
+    def forward(ops: frozenset[str]) -> None:
+        for node in nodes:  # topological order: a chain resolves in one sweep
+            io = data_io(node) if op_of(node) in ops else None
+            if io is not None:
+                owner[io[1]] = owner[io[0]]
+
+    forward(_STEP1_FORWARD)
+    for node in nodes:
+        if op_of(node) not in _STEP2_MULTI_INPUT or not node.output or node.output[0] not in owner:
+            continue
+        ins = [i for i in node.input if i and i not in inits]
+        if not ins or any(i not in owner for i in ins):
+            continue
+        if any(not single_use(i) and any(r is not node and op_of(r) != "MaxPool" for r in readers[i]) for i in ins):
+            continue
+        if len({owner[i] for i in ins}) == 1:
+            owner[node.output[0]] = owner[ins[0]]
+        else:
+            for name in ins:
+                owner[name] = owner[node.output[0]]
+                backward_one_level(name)
+    for node in reversed(nodes):  # backward: the consumer's range flows up the chain
+        io = data_io(node) if op_of(node) in _STEP3_BACKWARD else None
+        if io is not None and single_use(io[0]):
+            owner[io[0]] = owner[io[1]]
+            backward_one_level(io[0])
+    forward(_STEP4_FORWARD)
+    return {name: root for name, root in owner.items() if root != name}
+
+
+def _as_tpu_mlir_op(node: onnx.NodeProto, inits: Mapping[str, np.ndarray]) -> str:
+    """The op tpu-mlir's ONNX front end makes of ``node``, where the rules care (Clip(0, m) -> Relu)."""
+    if node.op_type == "Clip" and _clip_min(node, inits) == 0.0:
+        return "Relu"
+    return node.op_type
+
+
+def _clip_min(node: onnx.NodeProto, inits: Mapping[str, np.ndarray]) -> float | None:
+    for attr in node.attribute:  # opset < 11
+        if attr.name == "min":
+            return float(attr.f)
+    if len(node.input) > 1 and node.input[1] in inits:
+        return float(np.asarray(inits[node.input[1]]).reshape(()))
+    return None
