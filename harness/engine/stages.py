@@ -36,7 +36,8 @@ from harness.quant import (
     ALL_CONSUMERS, QuantPlan, build_plan, fold_batchnorm, ncnn_table_to_plan, plan_to_ncnn_table,
     quantize_model, ranges_to_tpu_table, read_ncnn_table, read_tpu_calibration_table, tpu_table_to_ranges,
 )
-from harness.quant.calibration import as_model, placement_for, write_qdq
+from harness.quant.calibration import as_model, write_qdq
+from harness.quant.simulate import mode_runner, mode_session
 from harness.quant.tables import format_ncnn_table, format_tpu_calibration_table
 from harness.suite import Suite
 
@@ -268,8 +269,8 @@ class SuiteStages:
         probe, qdq = self.probe, self.quantized.qdq
         local = {t.name: d for t in self.layers if (d := self._dequantized_name(t.name)) is not None}
         taps = [t.name for t in self.layers] + sorted(set(local.values()))
-        runner = TapRunner(as_model(qdq.proto), taps=taps, threads=self.threads, optimization="disabled")
-        kernels = make_session(qdq.proto.SerializeToString(), threads=self.threads, optimization="all")
+        runner = mode_runner(qdq, "simulate", taps=taps, threads=self.threads)
+        kernels = mode_session(qdq, "int8-kernels", threads=self.threads)
         comparison = LayerwiseComparison(self.layers, predecessors=predecessor_map(self.folded, self.layers))
         out_names = list(probe.outputs)
         outputs: dict[str, list[np.ndarray]] = {}
@@ -296,8 +297,7 @@ class SuiteStages:
                               expected="task = detection or classification")
         start = time.perf_counter()
         fp32 = self.fp32_session
-        quant = make_session(self.quantized.qdq.proto.SerializeToString(), threads=self.threads,
-                             optimization="disabled")
+        quant = mode_session(self.quantized.qdq, "simulate", threads=self.threads)
         names = [o.name for o in fp32.get_outputs()]
         samples = self.data.evaluation
         probes: list[dict[str, Any]] = []
