@@ -40,7 +40,7 @@ from onnx import numpy_helper
 
 from harness.model.graph import topological_nodes
 
-RangeRules = str  # "none" | "tpu-mlir"
+RangeRules = str  #: one of RANGE_RULES
 RANGE_RULES: tuple[str, ...] = ("none", "tpu-mlir")
 
 _RESHAPE_LIKE = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
@@ -86,6 +86,7 @@ def _tpu_mlir(proto: onnx.ModelProto, calibrated: set[str]) -> dict[str, str]:
         for name in node.input:
             readers.setdefault(name, []).append(node)
     owner = {name: name for name in calibrated}
+    graph_outputs = {o.name for o in graph.output}
 
     def op_of(node: onnx.NodeProto) -> str:
         return _as_tpu_mlir_op(node, inits)
@@ -97,7 +98,7 @@ def _tpu_mlir(proto: onnx.ModelProto, calibrated: set[str]) -> dict[str, str]:
         return ins[0], node.output[0]
 
     def single_use(name: str) -> bool:
-        return len(readers.get(name, [])) == 1 and name not in {o.name for o in graph.output}
+        return len(readers.get(name, [])) == 1 and name not in graph_outputs
 
     def backward_one_level(name: str) -> None:
         producer = producers.get(name)
