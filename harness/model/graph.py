@@ -11,7 +11,9 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from harness.errors import ModelFormatError
 
@@ -151,3 +153,23 @@ def fresh_name(base: str, taken: set[str], *, separator: str = "_") -> str:
         name = f"{base}{separator}{n}"
     taken.add(name)
     return name
+
+
+def graph_constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """Initializers and Constant-node outputs by name: an op's constant operand can be either."""
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            attr = next((a for a in node.attribute if a.name in ("value", "value_float")), None)
+            if attr is not None:
+                consts[node.output[0]] = (numpy_helper.to_array(attr.t) if attr.name == "value"
+                                          else np.asarray(attr.f, np.float32))
+    return consts
+
+
+def clip_lower_bound(node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> float | None:
+    """A Clip's constant scalar minimum (the input since opset 11, the attribute before), else None."""
+    lo = next((np.asarray(a.f) for a in node.attribute if a.name == "min"), None)
+    if len(node.input) > 1 and node.input[1]:
+        lo = consts.get(node.input[1])
+    return float(np.asarray(lo).reshape(())) if lo is not None and np.size(lo) == 1 else None

@@ -32,19 +32,16 @@ for integer nearest scales).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
-from harness.model.graph import topological_nodes
+from harness.model.graph import clip_lower_bound, graph_constants, topological_nodes
 
 RangeRules = str  #: one of RANGE_RULES
 RANGE_RULES: tuple[str, ...] = ("none", "tpu-mlir")
 
-_RESHAPE_LIKE = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"})
 _STEP1_FORWARD = frozenset({"Reshape", "Flatten", "Transpose"})
+_BACKWARD_THROUGH = _STEP1_FORWARD | {"DepthToSpace"}  # one level back: Reshape, Permute, Depth2Space
 _STEP2_MULTI_INPUT = frozenset({"Concat", "Min", "Max"})
 _STEP3_BACKWARD = frozenset({"Relu", "MaxPool", "DepthToSpace", "Abs", "LeakyRelu", "PRelu"})
 _STEP4_FORWARD = frozenset({"Relu", "MaxPool", "Reshape", "Flatten", "Unsqueeze", "Squeeze", "Slice", "Tile", "Pad",
@@ -65,21 +62,10 @@ def range_owners(proto: onnx.ModelProto, rules: RangeRules, calibrated: set[str]
     return _tpu_mlir(proto, set(calibrated))
 
 
-def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """Initializers and Constant-node outputs (a Clip's bounds can be either)."""
-    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output:
-            value = next((a.t for a in node.attribute if a.name == "value"), None)
-            if value is not None:
-                values[node.output[0]] = numpy_helper.to_array(value)
-    return values
-
-
 def _tpu_mlir(proto: onnx.ModelProto, calibrated: set[str]) -> dict[str, str]:
     graph = proto.graph
     nodes = topological_nodes(graph)
-    inits = _constants(graph)
+    inits = graph_constants(graph)
     producers = {out: node for node in nodes for out in node.output}
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in nodes:
@@ -102,7 +88,7 @@ def _tpu_mlir(proto: onnx.ModelProto, calibrated: set[str]) -> dict[str, str]:
 
     def backward_one_level(name: str) -> None:
         producer = producers.get(name)
-        if producer is not None and op_of(producer) in _RESHAPE_LIKE | {"DepthToSpace"}:
+        if producer is not None and op_of(producer) in _BACKWARD_THROUGH:
             io = data_io(producer)
             if io is not None:
                 owner[io[0]] = owner[io[1]]
@@ -137,17 +123,8 @@ def _tpu_mlir(proto: onnx.ModelProto, calibrated: set[str]) -> dict[str, str]:
     return {name: root for name, root in owner.items() if root != name}
 
 
-def _as_tpu_mlir_op(node: onnx.NodeProto, inits: Mapping[str, np.ndarray]) -> str:
+def _as_tpu_mlir_op(node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> str:
     """The op tpu-mlir's ONNX front end makes of ``node``, where the rules care (Clip(0, m) -> Relu)."""
-    if node.op_type == "Clip" and _clip_min(node, inits) == 0.0:
+    if node.op_type == "Clip" and clip_lower_bound(node, consts) == 0.0:
         return "Relu"
     return node.op_type
-
-
-def _clip_min(node: onnx.NodeProto, inits: Mapping[str, np.ndarray]) -> float | None:
-    for attr in node.attribute:  # opset < 11
-        if attr.name == "min":
-            return float(attr.f)
-    if len(node.input) > 1 and node.input[1] in inits:
-        return float(np.asarray(inits[node.input[1]]).reshape(()))
-    return None

@@ -50,7 +50,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from harness.errors import ConfigError
-from harness.model.graph import node_display_name
+from harness.model.graph import clip_lower_bound, graph_constants, node_display_name
 from harness.model.runner import TapRunner, TapSelection
 from harness.model.session import make_session
 from harness.quant.plan import ALL_CONSUMERS, QuantPlan, TensorQuant
@@ -315,22 +315,14 @@ def _axis(scheme: QuantScheme, ndim: int) -> int | None:
 def _nonnegative_tensors(graph: onnx.GraphProto) -> set[str]:
     """Tensors that cannot hold a negative value (-0.0 aside): outputs of Relu, and of Clip with a
     constant lower bound >= 0 (an initializer, a Constant node or, before opset 11, the attribute)."""
-    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output:
-            attr = next((a for a in node.attribute if a.name in ("value", "value_float")), None)
-            if attr is not None:
-                consts[node.output[0]] = (numpy_helper.to_array(attr.t) if attr.name == "value"
-                                          else np.asarray(attr.f, np.float32))
+    consts = graph_constants(graph)
     out: set[str] = set()
     for node in graph.node:
         if node.op_type == "Relu":
             out.add(node.output[0])
         elif node.op_type == "Clip":
-            lo = next((np.asarray(a.f) for a in node.attribute if a.name == "min"), None)
-            if len(node.input) > 1 and node.input[1]:
-                lo = consts.get(node.input[1])
-            if lo is not None and np.size(lo) == 1 and float(np.asarray(lo).reshape(())) >= 0:
+            lo = clip_lower_bound(node, consts)
+            if lo is not None and lo >= 0:
                 out.add(node.output[0])
     return out
 
