@@ -23,10 +23,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from harness.errors import ConfigError
 from harness.suite_schema import TableReader
+
+if TYPE_CHECKING:
+    from harness.model.names import LayerNames
 
 Op = Literal[">=", "<="]
 
@@ -211,6 +214,12 @@ class LayerOverride:
 
     def matches(self, layer: str) -> bool:
         return fnmatchcase(layer, self.pattern) if self.is_glob else layer == self.pattern
+
+    def check_against(self, names: LayerNames, *, file: str) -> None:
+        """ConfigError when the pattern matches no compared tensor of the model (``names.layers``): an
+        override that matches nothing would leave the bound it meant to set at the suite default."""
+        names.check_pattern(self.pattern, is_glob=self.is_glob, matches=self.matches,
+                            where=f"[gates.layer_overrides] {self.pattern!r} ({file})")
 
 
 @dataclass(frozen=True)

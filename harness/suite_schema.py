@@ -13,11 +13,14 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.envvars import expand_variables
 from harness.errors import ConfigError
 from harness.tasks.ssd import PriorBoxLayer
+
+if TYPE_CHECKING:
+    from harness.model.names import LayerNames
 
 _MISSING: Any = object()
 
@@ -561,6 +564,13 @@ class QuantConfig(_Replaceable):
         from harness.quant.profiles import get_profile
 
         return get_profile(self.profile, **self.override_dict)
+
+    def resolve_layers(self, names: LayerNames, *, file: str) -> Any:
+        """:meth:`resolve`, with every per-layer key (``float_layers``, ``high_precision_layers``) mapped to
+        nodes of the model, so a name that matches nothing is a ConfigError naming ``[quant] <key> (file)``
+        and the closest names, not a silent no-op. Needs the model, hence not done by :func:`read_quant`."""
+        return self.resolve().with_layer_names(
+            lambda key, given: names.resolve(given, where=f"[quant] {key} ({file})"))
 
     def to_dict(self, base_dir: Path) -> dict[str, Any]:
         out: dict[str, Any] = {"profile": self.profile}

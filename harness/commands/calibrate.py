@@ -57,6 +57,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from harness.data import ImageListDataset, PreprocessSpec, preprocess
     from harness.model import load_model
+    from harness.model.names import LayerNames
     from harness.quant import get_profile, quantize_model
 
     out: Path = args.out
@@ -73,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
     if args.method:
         profile = profile.with_overrides(activation_method=args.method, activation_params={})
     model = load_model(args.model)
+    # --set float_layers=... names layers of this model: resolve them (tensor names too) or refuse
+    names = LayerNames.of(model.proto, model=args.model.name)
+    profile = profile.with_layer_names(lambda key, given: names.resolve(given, where=f"--set {key}"))
     spec = _spec(args, model, PreprocessSpec)
     dataset = ImageListDataset(args.images, limit=args.max_images)
     n_images = len(dataset)

@@ -6,27 +6,39 @@ nnie_mapper computes a layer in 16 bits when its top blob name ends in ``_hp``, 
 row ``<layer> F32``, onnxruntime's ``quantize_static`` takes ``nodes_to_exclude``. The suite-level
 equivalent is always ``[quant] float_layers`` (or ``high_precision_layers`` for NNIE) so the harness can
 confirm the fix before anyone touches the board.
+
+The suite keys it writes are pasted verbatim by users, so they must be valid TOML whatever the layer is
+called (``/backbone/Conv_403``, names with quotes) and must name what the harness resolves: a node name
+(``[quant]`` layer keys also take tensor names, see :mod:`harness.model.names`). tpu-mlir names an op
+after its first output tensor, so its qtable row uses the tensor name.
 """
 
 from __future__ import annotations
 
+import json
+
 from harness.quant.profiles import Profile
+
+
+def toml_list(*names: str) -> str:
+    """``["a", "b"]`` as TOML: a JSON string is a valid TOML basic string (same escapes)."""
+    return "[" + ", ".join(json.dumps(n, ensure_ascii=False) for n in names) + "]"
 
 
 def layer_remedy(profile: Profile, node_name: str, tensor: str) -> str:
     """One sentence: the toolchain's own way to keep ``node_name`` out of int8, and the suite key."""
-    suite_key = f'[quant] float_layers = ["{node_name}"]'
+    suite_key = f"[quant] float_layers = {toml_list(node_name)}"
     name = profile.name
     if profile.table_format == "ncnn":
         tool = (f"ncnn: comment out its lines in the int8 table (`#{node_name}_param_0 ...` and `#{node_name} ...`) "
                 f"so ncnn2int8 keeps {node_name} fp32")
     elif name.startswith("nnie"):
         tool = (f"NNIE: rename the top of {node_name} to `{tensor}_hp` in the prototxt so nnie_mapper computes it "
-                f"in 16 bits; suite: [quant] high_precision_layers = [\"{node_name}\"]")
+                f"in 16 bits; suite: [quant] high_precision_layers = {toml_list(node_name)}")
         if profile.high_precision_scheme is None:
             tool = f"NNIE: the layer is already 16-bit in {name}; keep {node_name} in float on the CPU"
     elif profile.table_format == "tpu-mlir":
-        tool = f"tpu-mlir: add the qtable row `{node_name} F32` (model_deploy --quantize_table)"
+        tool = f"tpu-mlir: add the qtable row `{tensor} F32` (model_deploy --quantize_table)"
     elif name == "ort-qdq":
         tool = f"onnxruntime: quantize_static(..., nodes_to_exclude=[\"{node_name}\"])"
     else:

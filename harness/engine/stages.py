@@ -31,12 +31,14 @@ from harness.golden.store import GoldenStore, GoldenWriter
 from harness.model import load_model, make_session
 from harness.model.graph import TensorInfo, tensor_list
 from harness.model.load import Model
+from harness.model.names import LayerNames
 from harness.model.runner import TapRunner
 from harness.quant import (
     ALL_CONSUMERS, QuantPlan, build_plan, fold_batchnorm, ncnn_table_to_plan, plan_to_ncnn_table,
     quantize_model, ranges_to_tpu_table, read_ncnn_table, read_tpu_calibration_table, tpu_table_to_ranges,
 )
 from harness.quant.calibration import as_model, write_qdq
+from harness.quant.plan_tables import warn_unknown_rows
 from harness.quant.simulate import mode_runner, mode_session
 from harness.quant.tables import format_ncnn_table, format_tpu_calibration_table
 from harness.suite import Suite
@@ -211,12 +213,21 @@ class SuiteStages:
     def quantized(self) -> Quantized:
         start = time.perf_counter()
         table = self.suite.quant.table
-        profile = self.profile
+        # Every layer name of the suite is checked here, the first stage that knows the model, and before
+        # calibrating: a name that matches nothing is the suite's ConfigError, never a silent no-op.
+        names = LayerNames(self.folded, original=self.model.proto, model=self.suite.model.path.name,
+                           layers=[t.name for t in self.layers])
+        for override in self.suite.gates.layer_overrides:
+            override.check_against(names, file=self.suite.path.name)
+        profile = self.suite.quant.resolve_layers(names, file=self.suite.path.name)
         if table is not None and table.suffix == ".table":
-            plan = ncnn_table_to_plan(self.folded, read_ncnn_table(table), profile)
+            plan = ncnn_table_to_plan(self.folded, read_ncnn_table(table), profile, names=names,
+                                      source=f"the ncnn table {table.name}")
             ranges: dict[str, Any] = {}
         elif table is not None:
-            ranges = tpu_table_to_ranges(read_tpu_calibration_table(table))
+            tpu_table = read_tpu_calibration_table(table)
+            warn_unknown_rows(tpu_table, names, source=f"the calibration table {table.name}")
+            ranges = tpu_table_to_ranges(tpu_table)
             plan = build_plan(self.folded, profile, ranges)
         else:
             if not self.data.calibration:

@@ -12,7 +12,12 @@ that scale, so plan -> table -> plan is bit-identical. tpu-mlir rows hold Python
 with ``repr``, so ranges -> table -> ranges is exact too.
 
 Layer names are node display names (``node.name`` or the first output's name): that is what
-ncnn names a layer after onnx2ncnn, and what our ``float_layers`` use.
+ncnn names a layer after onnx2ncnn, and what our ``float_layers`` use. Every name a table brings is
+checked against the model (:class:`~harness.model.names.LayerNames`): an ncnn line or a qtable row
+that names no layer is an error listing the closest names, since the toolchain would ignore it and
+the layer the user meant would silently stay int8. A tpu-mlir calibration row that names no tensor
+is only a warning: tpu-mlir's ImportCalibrationTable looks each tensor of the model up in the table
+and never reads the other rows, and a tensor left without a row still fails ``build_plan``.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ import numpy as np
 import onnx
 
 from harness.errors import ConfigError, TableError
-from harness.model.graph import node_display_name, topological_nodes
+from harness.model.graph import node_display_name
+from harness.model.names import LayerNames
 from harness.quant.calibrate import CalibrationRange
 from harness.quant.calibration import build_plan, is_depthwise, weight_axis
 from harness.quant.placement import weight_nodes
@@ -77,6 +83,11 @@ def plan_to_ncnn_table(folded_proto: onnx.ModelProto, plan: QuantPlan, *, six_bi
     (the scale of its input blob). Float layers become ``#`` lines. ``six_bit`` writes ``31/absmax``
     weight scales for 3x3 stride-1 convolutions (ncnn's optional 6-bit weights; export only).
     """
+    names = LayerNames(folded_proto)
+    unknown = sorted(set(plan.float_layers) - set(names.nodes))
+    if unknown:  # a '#name' line that names no layer would keep nothing in fp32 on the device
+        raise names.unknown_error(unknown, where="the plan's float_layers", nodes_only=True,
+                                  expected="node names of the model (resolve user names with LayerNames first)")
     weights: dict[str, np.ndarray] = {}
     acts: dict[str, float] = {}
     inits = {t.name: t for t in folded_proto.graph.initializer}
@@ -111,12 +122,14 @@ def _require_ncnn_scheme(tq: TensorQuant, what: str) -> None:
                           remedy="write a .json or .cali table for this profile, or use the ncnn-int8 profile")
 
 
-def ncnn_table_to_plan(folded_proto: onnx.ModelProto, table: NcnnTable, profile: Profile) -> QuantPlan:
+def ncnn_table_to_plan(folded_proto: onnx.ModelProto, table: NcnnTable, profile: Profile, *,
+                       names: LayerNames | None = None, source: str = "the ncnn table") -> QuantPlan:
     """The plan that simulates exactly the table's scales with ``profile``'s schemes.
 
     ``#`` layers (and the profile's float layers) stay float; weight layers of the model absent
     from the table are not quantised (ncnn2int8 leaves them float too) and are logged. A table
-    naming layers the model does not have is refused: it was made for another model.
+    naming layers the model does not have is refused (it was made for another model, or a ``#``
+    line is misspelt), with the closest layer names; ``source`` names the table in that message.
     """
     if not (profile.weight_scheme.symmetric and profile.activation_scheme.symmetric):
         raise ConfigError(f"Got profile {profile.name!r} with asymmetric schemes for an ncnn table",
@@ -124,12 +137,13 @@ def ncnn_table_to_plan(folded_proto: onnx.ModelProto, table: NcnnTable, profile:
                           remedy="use the ncnn-int8 profile, or override weight_symmetric/activation_symmetric")
     nodes = weight_nodes(folded_proto, profile.weight_op_types)
     by_layer = {node_display_name(n): n for n in nodes}
-    known = {node_display_name(n) for n in topological_nodes(folded_proto.graph)}
-    unknown = sorted((set(table.weight_scales) | set(table.activation_scales) | set(table.float_layers)) - known)
+    names = names or LayerNames(folded_proto)
+    rows = list(dict.fromkeys([*table.weight_scales, *table.activation_scales, *sorted(table.float_layers)]))
+    unknown = [row for row in rows if row not in names.nodes]
     if unknown:
-        raise TableError(f"The ncnn table names {len(unknown)} layer(s) the model does not have, e.g. {unknown[:3]}",
-                         expected="layer names equal to the model's node names (or first output names)",
-                         remedy="check that the table was made for this model (after BN folding)")
+        raise names.unknown_error(unknown, where=source, error=TableError, nodes_only=True,
+                                  expected="layer names equal to the model's node names (or first output names, "
+                                           "after BN folding); check that the table was made for this model")
     floats = frozenset(table.float_layers) | profile.float_layers
     inits = {t.name: t for t in folded_proto.graph.initializer}
     weights: dict[str, TensorQuant] = {}
@@ -195,30 +209,39 @@ def tpu_table_to_ranges(table: TpuCalibrationTable) -> dict[str, CalibrationRang
     return out
 
 
-def qtable_float_layers(folded_proto: onnx.ModelProto, modes: Mapping[str, str]) -> frozenset[str]:
+def warn_unknown_rows(table: TpuCalibrationTable, names: LayerNames, *, source: str = "the calibration table") -> list[str]:
+    """Rows (int8 and int4) that name no tensor of the model, logged as one warning; returned for callers.
+
+    Only a warning: tpu-mlir itself ignores such rows (it looks up each tensor of the model), and a
+    renamed tensor shows up as a missing row when the plan is built. Rows of the tensors BN folding
+    removed (a tpu-mlir table of the unfolded model has them) are known, not unknown."""
+    known = set(names.producer) | set(names.inputs) | set(names.folded_into)
+    unknown = [row for row in dict.fromkeys([*table.rows, *table.int4_rows]) if row not in known]
+    if unknown:
+        log.warning("%s", names.unknown_error(unknown, where=source, expected=(
+            f"tensor names of {names.model}; tpu-mlir ignores rows that name no tensor, and so does the harness")))
+    return unknown
+
+
+def qtable_float_layers(folded_proto: onnx.ModelProto, modes: Mapping[str, str], *,
+                        names: LayerNames | None = None, source: str = "the qtable") -> frozenset[str]:
     """Layers a qtable keeps in float (mode other than INT8), as node display names.
 
-    tpu-mlir names an op by its output tensor, so a qtable row may name either; both resolve.
+    tpu-mlir names an op by its output tensor, so a qtable row may name either; both resolve, and so does a
+    BatchNormalization folded into its Conv. A row of any mode that names nothing is a TableError with the
+    closest names: the layer it was meant for would silently stay in its default precision.
     """
-    producer = {}
-    for node in folded_proto.graph.node:
-        for out in node.output:
-            producer[out] = node_display_name(node)
-        producer[node_display_name(node)] = node_display_name(node)
-    floats = set()
-    for name, mode in modes.items():
-        if mode == "INT8":
-            continue
-        if name not in producer:
-            raise TableError(f"The qtable names {name!r}, which is neither a layer nor a tensor of the model",
-                             expected="op or output tensor names of this model", remedy="fix the qtable row")
-        floats.add(producer[name])
-    return frozenset(floats)
+    names = names or LayerNames(folded_proto)
+    names.resolve(list(modes), where=source, error=TableError)
+    return names.resolve([name for name, mode in modes.items() if mode != "INT8"], where=source, error=TableError)
 
 
 def tpu_table_to_plan(folded_proto: onnx.ModelProto, table: TpuCalibrationTable, profile: Profile, *,
-                      qtable: Mapping[str, str] | None = None) -> QuantPlan:
+                      qtable: Mapping[str, str] | None = None, names: LayerNames | None = None) -> QuantPlan:
     """The plan of ``profile`` with the table's ranges; qtable F32/F16/BF16 rows become float layers."""
+    names = names or LayerNames(folded_proto)
+    warn_unknown_rows(table, names)
     if qtable:
-        profile = profile.with_overrides(float_layers=profile.float_layers | qtable_float_layers(folded_proto, qtable))
+        floats = qtable_float_layers(folded_proto, qtable, names=names)
+        profile = profile.with_overrides(float_layers=profile.float_layers | floats)
     return build_plan(folded_proto, profile, tpu_table_to_ranges(table))

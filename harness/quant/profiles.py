@@ -26,7 +26,7 @@ Override vocabulary (``Profile.with_overrides``), flat so a TOML table can hold 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
@@ -41,6 +41,8 @@ TableFormat = Literal["ncnn", "tpu-mlir"] | None
 PLACEMENTS: tuple[str, ...] = ("conv_inputs", "all_tensors", "ort_qdq")
 TABLE_FORMATS: tuple[str | None, ...] = ("ncnn", "tpu-mlir", None)
 WEIGHT_OP_TYPES = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+#: Fields that name layers of the model: checked against it by :meth:`Profile.with_layer_names`.
+LAYER_FIELDS: tuple[str, ...] = ("float_layers", "high_precision_layers")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,6 +130,12 @@ class Profile:
         if consumer in self.high_precision_layers and self.high_precision_scheme is not None:
             return self.high_precision_scheme
         return self.activation_scheme
+
+    def with_layer_names(self, resolve: Callable[[str, list[str]], frozenset[str]]) -> "Profile":
+        """A copy whose :data:`LAYER_FIELDS` hold node names of the model: ``resolve(field, names)`` maps the
+        names a user gave (node, tensor or folded-BN names) to nodes, or raises naming the unknown ones.
+        Done once the model is known (names cannot be checked when a suite file is read)."""
+        return dataclasses.replace(self, **{f: resolve(f, sorted(getattr(self, f))) for f in LAYER_FIELDS})
 
     # --- overrides ------------------------------------------------------------------------------
     def with_overrides(self, **overrides: Any) -> "Profile":
@@ -316,4 +324,4 @@ def get_profile(name: str | Profile, **overrides: Any) -> Profile:
     return profile.with_overrides(**overrides) if overrides else profile
 
 
-__all__ = ["PLACEMENTS", "PROFILES", "Placement", "Profile", "get_profile", "override_keys", "METHODS"]
+__all__ = ["LAYER_FIELDS", "PLACEMENTS", "PROFILES", "Placement", "Profile", "get_profile", "override_keys", "METHODS"]
