@@ -55,6 +55,15 @@ def test_resolves_nodes_tensors_and_folded_batchnorm(bn_names, given, node):
     assert bn_names.resolve([given], where="x") == {node}
 
 
+def test_folded_batchnorm_name_keeps_the_conv_it_was_folded_into_float(bn_names):
+    proto = conv_relu_model()
+    folded_bn = fold_batchnorm(proto)[0]
+    profile = get_profile("ncnn-int8", float_layers=["bn1"]).with_layer_names(
+        lambda key, given: bn_names.resolve(given, where=key))
+    plan = build_plan(folded_bn, profile, {"input": _range(), "flat": _range()})
+    assert plan.float_layers == {"conv1"} and list(plan.weights) == ["fc_w"]
+
+
 def test_unknown_name_is_a_config_error_with_the_closest_names(bn_names):
     with pytest.raises(ConfigError) as info:
         bn_names.resolve(["Conv1"], where="[quant] float_layers (s.toml)")
