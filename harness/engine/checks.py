@@ -18,6 +18,7 @@ import numpy as np
 
 from harness.compare.stats import BmrtResult, bmrt_allclose, tensor_stats
 from harness.compare.tolerance import Tolerance, ToleranceSet
+from harness.engine.finite import finite
 from harness.engine.golden_io import GoldenHandle, relative_to_cwd
 from harness.engine.layers import sample_layer
 from harness.engine.parity import diagnose
@@ -381,6 +382,7 @@ def reference(stages: SuiteStages) -> CheckResult:
 CHECK_FUNCTIONS: dict[str, Callable[[SuiteStages], CheckResult]] = {
     "leakage": leakage, "input-parity": input_parity, "fp32-golden": fp32_golden, "layerwise": layerwise,
     "outputs": outputs, "metrics": metrics, "calibration-drift": calibration_drift, "reference": reference,
+    "finite": finite,
 }
 
 
