@@ -36,6 +36,7 @@ Op = Literal[">=", "<="]
 #: Check names a verdict can carry; ``[suite] expect_reason`` must be one of them.
 CHECKS: tuple[str, ...] = (
     "layerwise", "output", "bmrt", "input-parity", "fp32-golden", "metric", "calibration-drift", "leakage", "reference",
+    "finite",
 )
 
 # --- documented defaults --------------------------------------------------------------------------

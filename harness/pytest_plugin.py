@@ -1,7 +1,7 @@
 """pytest plugin (registered under ``pytest11``): suite files become test items.
 
 Every ``suites/*.toml`` (and any ``.toml`` suite named on the command line) is collected as one test per
-check: ``leakage``, ``input-parity``, ``fp32-golden``, ``layerwise``, ``outputs``, ``metrics``,
+check: ``leakage``, ``input-parity``, ``fp32-golden``, ``finite``, ``layerwise``, ``outputs``, ``metrics``,
 ``calibration-drift`` (node ids like ``suites/detector_ncnn_int8.toml::layerwise``, so ``-k`` selects by suite
 or check). The expensive stages of a suite run once per process and are shared by its items.
 

@@ -91,6 +91,9 @@ class Suite(_Replaceable):
     metrics: MetricsConfig | None
     gates: GatesConfig
     golden_from: str | None = None
+    #: ``[suite] allow_nonfinite``: NaN/Inf in the model's tensors are expected (the finite check reports them
+    #: without failing, and goldens may hold them); see docs/suites.md.
+    allow_nonfinite: bool = False
     #: The environment variables its paths use (``${NAME}``), already expanded; not compared, since
     #: :meth:`to_dict` writes the expanded paths.
     variables: tuple[str, ...] = field(default=(), compare=False)
@@ -114,6 +117,8 @@ class Suite(_Replaceable):
             suite["expect_reason"] = self.expect_reason
         if self.golden_from is not None:
             suite["golden_from"] = self.golden_from
+        if self.allow_nonfinite:
+            suite["allow_nonfinite"] = True
         model: dict[str, Any] = {"path": portable_path(self.model.path, base)}
         if self.model.reference is not None:
             model["reference"] = portable_path(self.model.reference, base)
@@ -152,7 +157,7 @@ def suite_from_dict(data: Mapping[str, Any], *, path: str | Path) -> Suite:
     root = TableReader(data, file=path, table="")
     root.check_keys(_TOP_LEVEL, hint="the top level holds tables only")
     info = root.sub("suite") or TableReader({}, file=path, table="suite")
-    info.check_keys(("name", "task", "description", "expect", "expect_reason", "golden_from"))
+    info.check_keys(("name", "task", "description", "expect", "expect_reason", "golden_from", "allow_nonfinite"))
     name = _suite_name(info, path)
     texts = [text for table in _PATH_TABLES for text in _strings(data.get(table))]
     if missing := sorted({v for text in texts for v in unset_variables(text)}):
@@ -209,7 +214,7 @@ def suite_from_dict(data: Mapping[str, Any], *, path: str | Path) -> Suite:
     return Suite(path=path, name=name, task=task, description=info.str("description", default=""), expect=expect,
                  expect_reason=expect_reason, model=model, preprocess=preprocess, data=data,
                  postprocess=postprocess, quant=quant, metrics=metrics, gates=gates,
-                 golden_from=_golden_from(info, name),
+                 golden_from=_golden_from(info, name), allow_nonfinite=info.bool("allow_nonfinite", default=False),
                  variables=tuple(sorted({v for text in texts for v in ENV_REFERENCE.findall(text)})))
 
 

@@ -82,29 +82,29 @@ def results(root: Path) -> dict:
 
 def confirmed(pytester: pytest.Pytester) -> None:
     """Write the golden and confirm it (the first run fails by design)."""
-    run(pytester).assert_outcomes(failed=3, passed=3)
-    run(pytester).assert_outcomes(passed=6)
+    run(pytester).assert_outcomes(failed=3, passed=4)
+    run(pytester).assert_outcomes(passed=7)
 
 
 def test_golden_life_cycle(pytester: pytest.Pytester, project: Path) -> None:
     first = run(pytester)
-    first.assert_outcomes(failed=3, passed=3)
+    first.assert_outcomes(failed=3, passed=4)
     first.stdout.fnmatch_lines(["*input-parity: golden golden/tiny was missing and has been written*",
                                 "remedy: run again to confirm, then commit golden/tiny"])
     assert results(project)["suites"][0]["golden"]["state"] == "written"
     store = GoldenStore.open(project / "golden" / "tiny", verify="eager")
     assert store.names("input") == ["input"] and "dw_out" in store.names("layers")
 
-    run(pytester).assert_outcomes(passed=6)
+    run(pytester).assert_outcomes(passed=7)
     second = results(project)
     assert second["passed"] and second["suites"][0]["status"] == "passed"
     assert second["previous"] is not None and second["suites"][0]["golden"]["state"] == "verified"
 
     update = run(pytester, "--golden-update")
-    update.assert_outcomes(failed=3, passed=3)
+    update.assert_outcomes(failed=3, passed=4)
     update.stdout.fnmatch_lines(["*has been rewritten (--golden-update)*"])
     assert results(project)["suites"][0]["golden"]["state"] == "updated"
-    run(pytester).assert_outcomes(passed=6)  # the rewritten golden is confirmed by the next run
+    run(pytester).assert_outcomes(passed=7)  # the rewritten golden is confirmed by the next run
 
 
 def test_truncated_or_edited_golden_is_an_error_and_is_kept(pytester: pytest.Pytester, project: Path) -> None:
@@ -113,13 +113,13 @@ def test_truncated_or_edited_golden_is_an_error_and_is_kept(pytester: pytest.Pyt
     cut = layers.read_bytes()[:-10]
     layers.write_bytes(cut)
     result = run(pytester)
-    result.assert_outcomes(failed=3, passed=3)
+    result.assert_outcomes(failed=3, passed=4)
     result.stdout.fnmatch_lines(["*fp32-golden could not run: Golden file *layers.dat has * bytes, the manifest says*"])
     assert layers.read_bytes() == cut  # nothing overwritten
 
     layers.write_bytes(cut + b"\0" * 10)
     result = run(pytester)
-    result.assert_outcomes(failed=3, passed=3)  # a small golden is verified whole when opened
+    result.assert_outcomes(failed=3, passed=4)  # a small golden is verified whole when opened
     result.stdout.fnmatch_lines(["*could not run: Tensor 'flat' in golden file *layers.dat does not match its sha256*"])
     assert layers.read_bytes() == cut + b"\0" * 10
 
@@ -173,12 +173,12 @@ def test_strict_expected_failure(pytester: pytest.Pytester, project: Path) -> No
     expect = 'expect = "fail"\nexpect_reason = "layerwise"'
     write_suite(project, suite_extra=expect, quant_extra='depthwise_weight_granularity = "per_tensor"')
     result = run(pytester)
-    result.assert_outcomes(passed=5, xfailed=1)  # layerwise, the expected failure
+    result.assert_outcomes(passed=6, xfailed=1)  # layerwise, the expected failure
     assert result.ret == 0 and results(project)["suites"][0]["status"] == "xfailed"
 
     write_suite(project, suite_extra=expect)  # the defect is gone: the suite must fail
     result = run(pytester)
-    result.assert_outcomes(passed=5, failed=1)
+    result.assert_outcomes(passed=6, failed=1)
     result.stdout.fnmatch_lines(["*expected layerwise to fail (strict), but it passed*"])
     assert results(project)["suites"][0]["status"] == "xpassed" and not results(project)["passed"]
 
@@ -186,7 +186,7 @@ def test_strict_expected_failure(pytester: pytest.Pytester, project: Path) -> No
 def test_suite_selection_and_quant_suite_fixture(pytester: pytest.Pytester, project: Path) -> None:
     write_suite(project, name="other")
     confirmed_run = pytester.runpytest("-p", "no:cacheprovider", "suites", "--suite", "tiny")
-    confirmed_run.assert_outcomes(failed=3, passed=3)  # only tiny's six items
+    confirmed_run.assert_outcomes(failed=3, passed=4)  # only tiny's seven items
     pytester.makepyfile(test_user="""
         def test_user(quant_suite):
             outcome = quant_suite("suites/tiny.toml", items=["layerwise", "outputs"])
@@ -201,11 +201,11 @@ def test_xdist_two_workers_keep_goldens_and_results_whole(pytester: pytest.Pytes
     pytest.importorskip("xdist")
     write_suite(project, name="other")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "suites")
-    result.assert_outcomes(failed=6, passed=6)
+    result.assert_outcomes(failed=6, passed=8)
     for name in ("tiny", "other"):
         GoldenStore.open(project / "golden" / name, verify="eager")
     assert sorted(s["name"] for s in results(project)["suites"]) == ["other", "tiny"]
-    pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "suites").assert_outcomes(passed=12)
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "suites").assert_outcomes(passed=14)
 
 
 def test_cli_run_exit_codes_and_summary(project: Path, monkeypatch: pytest.MonkeyPatch,
@@ -259,7 +259,7 @@ def test_suite_behind_an_unset_variable_is_skipped_and_listed(pytester: pytest.P
     assert "1 suite(s) skipped" in (project / "reports" / "index.html").read_text()
 
     monkeypatch.setenv("QH_TEST_MODELS", str(project))
-    run(pytester).assert_outcomes(failed=3, passed=3)  # runs: the first run writes the golden
+    run(pytester).assert_outcomes(failed=3, passed=4)  # runs: the first run writes the golden
 
 
 def test_reference_model_check_names_the_first_layer_that_differs(pytester: pytest.Pytester, project: Path) -> None:

@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from harness.compare.stats import bmrt_allclose, tensor_stats
+from harness.compare.stats import BmrtResult, bmrt_allclose, tensor_stats
 from harness.compare.tolerance import Tolerance, ToleranceSet
+from harness.engine.finite import finite
 from harness.engine.golden_io import GoldenHandle, relative_to_cwd
 from harness.engine.layers import sample_layer
 from harness.engine.parity import diagnose
@@ -244,8 +245,32 @@ def outputs(stages: SuiteStages) -> CheckResult:
         if gates.bound("output_bmrt_tol") is not None and _has_int8_kernels(stages):
             bm = bmrt_allclose(sim, stack(run.kernel_outputs[name]), tol=gates.bound("output_bmrt_tol").value)
             v = gates.check("output_bmrt_tol", bm.min_passing_tolerance, subject=name)
-            verdicts.append(_with_message(v, f"{v.message}; simulate vs int8-kernels: {bm.summary()}", v.remedy))
+            verdicts.append(_bmrt_verdict(stages, v, bm, run.outputs[name]))
     return CheckResult("outputs", verdicts)
+
+
+def _bmrt_verdict(stages: SuiteStages, v: Verdict, bm: BmrtResult, per_image: list[np.ndarray]) -> Verdict:
+    """The bmrt verdict naming the element that set the maximum: its probe image, its flat index and
+    coordinates in that image's output tensor, and both values (all probe images are compared at once)."""
+    images = f"{len(per_image)} probe image{'s' * (len(per_image) != 1)}"
+    if bm.worst_index is None or bm.worst_error == 0.0:
+        return replace(v, message=f"{v.message}; simulate and int8-kernels agree exactly on {images}")
+    size = per_image[0].size
+    image, within = divmod(bm.worst_flat_index, size)
+    coords = tuple(int(c) for c in np.unravel_index(within, per_image[0].shape))
+    image_id = str(stages.data.probes[image].image_id)
+    message = (f"{v.message}; simulate vs int8-kernels on {images} (bmrt_test's rule, relative error with "
+               f"denominator >= {bm.floor:g}): worst element {within} {coords} on probe image "
+               f"{image_id!r}: simulate {bm.worst_ref:.6g}, int8-kernels {bm.worst_test:.6g}, error "
+               f"{bm.worst_error:.4g}; {bm.violations}/{bm.total} elements exceed {bm.tolerance:g}")
+    remedy = v.remedy
+    if bm.nonfinite:
+        message += f"; {bm.nonfinite} elements are NaN/Inf"
+        remedy = "NaN/Inf values, not int8 rounding: the suite's finite check names the first tensor that holds them"
+    details = {"worst_image": image_id, "worst_element": within, "worst_coords": list(coords),
+               "simulate": bm.worst_ref, "int8_kernels": bm.worst_test, "violations": bm.violations,
+               "nonfinite": bm.nonfinite}
+    return replace(v, message=message, remedy=remedy, details={**v.details, **details})
 
 
 def _has_int8_kernels(stages: SuiteStages) -> bool:
@@ -357,6 +382,7 @@ def reference(stages: SuiteStages) -> CheckResult:
 CHECK_FUNCTIONS: dict[str, Callable[[SuiteStages], CheckResult]] = {
     "leakage": leakage, "input-parity": input_parity, "fp32-golden": fp32_golden, "layerwise": layerwise,
     "outputs": outputs, "metrics": metrics, "calibration-drift": calibration_drift, "reference": reference,
+    "finite": finite,
 }
 
 

@@ -31,6 +31,7 @@ ITEM_CHECKS: dict[str, tuple[str, ...]] = {
     "leakage": ("leakage",),
     "input-parity": ("input-parity",),
     "fp32-golden": ("fp32-golden",),
+    "finite": ("finite",),
     "layerwise": ("layerwise",),
     "outputs": ("output", "bmrt"),
     "metrics": ("metric",),

@@ -23,6 +23,7 @@ import onnx
 from harness.compare.layerwise import LayerwiseComparison, LayerwiseResult, predecessor_map
 from harness.data import ImageMeta
 from harness.engine.data import SuiteData, load_suite_data
+from harness.engine.finite import NonfiniteCounter, blame_nonfinite_outputs
 from harness.engine.golden_io import GoldenHandle, exists, golden_dir, golden_lock
 from harness.engine.layers import layer_tensors, sample_layer
 from harness.engine.task import MetricsSummary, make_task
@@ -101,12 +102,14 @@ class QuantProbeRun:
     layerwise: LayerwiseResult
     outputs: dict[str, list[np.ndarray]]  # simulate mode, per probe image
     kernel_outputs: dict[str, list[np.ndarray]]  # int8-kernels mode (onnxruntime optimisations on)
+    nonfinite: NonfiniteCounter = field(default_factory=NonfiniteCounter)  # simulate mode, every layer
 
 
 @dataclass
 class Evaluation:
     metrics: MetricsSummary
     probes: list[dict[str, Any]]
+    nonfinite: NonfiniteCounter = field(default_factory=NonfiniteCounter)  # fp32 and quantized outputs
 
 
 @dataclass
@@ -286,9 +289,12 @@ class SuiteStages:
         out_names = list(probe.outputs)
         outputs: dict[str, list[np.ndarray]] = {}
         kernel_outputs: dict[str, list[np.ndarray]] = {}
+        nonfinite = NonfiniteCounter()
         for i in range(probe.inputs.shape[0]):
             x = probe.inputs[i: i + 1]
             values = runner.run_views(x)
+            nonfinite.update("quantized", "probe", str(self.data.probes[i].image_id),
+                             {t.name: values[t.name] for t in self.layers})
             for t in self.layers:
                 comparison.update_accumulated(t.name, probe.layers[t.name][i], values[t.name])
                 if t.name in local:
@@ -298,7 +304,7 @@ class SuiteStages:
             for name, value in zip(out_names, kernels.run(out_names, {self.input_name: x})):
                 kernel_outputs.setdefault(name, []).append(value)
         self.timing["quant_probe"] = time.perf_counter() - start
-        return QuantProbeRun(comparison.compute(), outputs, kernel_outputs)
+        return QuantProbeRun(comparison.compute(), outputs, kernel_outputs, nonfinite)
 
     # -- task metrics on the evaluation split ---------------------------------------------------
     @cached_property
@@ -312,16 +318,20 @@ class SuiteStages:
         names = [o.name for o in fp32.get_outputs()]
         samples = self.data.evaluation
         probes: list[dict[str, Any]] = []
+        nonfinite = NonfiniteCounter()
         for index, (sample, (x, meta)) in enumerate(zip(samples, self.data.inputs(samples))):
             a = dict(zip(names, fp32.run(names, {self.input_name: x})))
             b = dict(zip(names, quant.run(names, {self.input_name: x})))
-            self.task.update(index, sample, a, b, meta)
+            image = str(sample.image_id)
+            nonfinite.update("fp32", "evaluation", image, a).update("quantized", "evaluation", image, b)
+            with blame_nonfinite_outputs(image, fp32=a, quantized=b):
+                self.task.update(index, sample, a, b, meta)
             if index < self.data.probe_count:
                 probes.append(self._probe_record(sample, a, b, meta))
             self._tick("evaluate", index + 1, len(samples))
         metrics = self.task.compute(self.suite.metrics.bootstrap)
         self.timing["evaluate"] = time.perf_counter() - start
-        return Evaluation(metrics, probes)
+        return Evaluation(metrics, probes, nonfinite)
 
     def _probe_record(self, sample: Any, a: dict[str, np.ndarray], b: dict[str, np.ndarray],
                       meta: ImageMeta) -> dict[str, Any]:
@@ -380,15 +390,17 @@ class SuiteStages:
         if self.suite.golden_from is not None:
             extra["fp32_dumps_from"] = self.suite.golden_from
         with GoldenWriter(path, model_sha256=self.model.sha256, preprocessing=self.suite.preprocess.to_dict(),
-                          num_images=probe.inputs.shape[0], overwrite=overwrite, extra=extra) as writer:
+                          num_images=probe.inputs.shape[0], overwrite=overwrite, extra=extra,
+                          allow_nonfinite=self.suite.allow_nonfinite) as writer:
             if self.suite.golden_from is None:
                 writer.write_input(self.input_name, probe.inputs)
-                for name, values in probe.outputs.items():
-                    writer.write_output(name, stack(values))
+                # Layers before outputs (each section has its own file): a NaN refusal names the first layer.
                 for t in self.layers:
                     if t.name not in probe.outputs:
                         layer = sample_layer(stack(probe.layers[t.name]), limit)
                         writer.write_layer(t.name, layer.astype(LAYER_DUMP_DTYPE))
+                for name, values in probe.outputs.items():
+                    writer.write_output(name, stack(values))
             writer.add_json("calibration.json", {"profile": self.profile.name, "scales": self.scales})
             if quantized.table_text is not None:
                 writer.add_file(*quantized.table_text)

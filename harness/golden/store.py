@@ -11,6 +11,11 @@ leaves no ``golden/<suite>`` but a complete ``.old`` copy, which ``GoldenStore.o
 An existing golden is never replaced unless ``overwrite=True`` (the CLI's ``--golden-update`` /
 ``--force``): goldens are the reference, silently rewriting one hides the regression it caught.
 
+Tensors holding NaN/Inf are refused (``NumericError``) unless ``allow_nonfinite=True`` (the suite's
+``[suite] allow_nonfinite``): NaN equals nothing, so such a golden could never confirm a run, and every
+comparison against it would quietly skip those elements. A refusal aborts the write: the temp directory is
+removed and an existing golden stays as it was.
+
 Reading (``GoldenStore.open``) checks every file's size against the manifest at once, and every
 tensor's sha256 either at once (small goldens, the default under 64 MiB) or when it is read.
 """
@@ -30,7 +35,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from harness.errors import GoldenCorruptError, GoldenError, GoldenMissingError
+from harness.compare.stats import count_nonfinite
+from harness.errors import GoldenCorruptError, GoldenError, GoldenMissingError, NumericError
 from harness.golden.dat import DatFileWriter, file_sha256, read_exact
 from harness.golden.manifest import (
     MANIFEST_NAME,
@@ -45,6 +51,7 @@ __all__ = ["EAGER_VERIFY_BYTES", "GoldenStore", "GoldenWriter"]
 
 log = logging.getLogger(__name__)
 EAGER_VERIFY_BYTES = 64 << 20
+_SECTION_WORD = {"input": "input", "output": "output", "layers": "layer"}
 _REGENERATE = "regenerate it with --golden-update (or restore it from version control)"
 
 
@@ -58,9 +65,10 @@ class GoldenWriter:
 
     def __init__(self, target: str | os.PathLike[str], *, model_sha256: str | None,
                  preprocessing: dict[str, Any] | None = None, num_images: int = 1, overwrite: bool = False,
-                 extra: dict[str, Any] | None = None) -> None:
+                 extra: dict[str, Any] | None = None, allow_nonfinite: bool = False) -> None:
         self.target = Path(target)
         self.overwrite = overwrite
+        self.allow_nonfinite = allow_nonfinite
         self._refuse_existing()
         self.model_sha256 = model_sha256
         self.preprocessing = dict(preprocessing or {})
@@ -97,7 +105,32 @@ class GoldenWriter:
     def write(self, section: str, name: str, array: np.ndarray) -> TensorEntry:
         """Append one tensor (all probe images, ``[N, ...]``) to ``section``'s ``.dat`` file."""
         self._claim(section, name)
+        if not self.allow_nonfinite:
+            self._refuse_nonfinite(section, name, np.asarray(array))
         return self._writer(section).write_tensor(name, array)
+
+    def _refuse_nonfinite(self, section: str, name: str, array: np.ndarray) -> None:
+        found = count_nonfinite(array)
+        if found.first is None:
+            return
+        first = found.first
+        ids = self.extra.get("probe_images") or []
+        image = f", probe image {ids[first[0]]!r}" if first and first[0] < len(ids) else ""
+        if array.dtype == np.float16 and found.inf:
+            image += "; float16 dumps hold at most 65504, larger values become Inf"
+        raise self._refusal(
+            f"{_SECTION_WORD.get(section, section)} tensor {name!r} holds {found.total} NaN/Inf values of "
+            f"{array.size} ({found.nan} NaN, {found.inf} Inf; the first at {list(first)}{image})",
+            expected="finite tensors: NaN equals nothing, so this golden could never confirm a run",
+            remedy="find where they start (the suite's finite check names the first layer and image) and fix the "
+                   "model or its input; if the model is meant to produce them, set [suite] allow_nonfinite = true")
+
+    def _refusal(self, what: str, *, expected: str, remedy: str) -> NumericError:
+        """Abort (nothing of this write stays on disk) and return the error to raise."""
+        self.abort()
+        state = "the golden there is unchanged" if self.target.exists() else "nothing was written"
+        return NumericError(f"Refused to write the golden {self.target}: {what}; {state}", expected=expected,
+                            remedy=remedy)
 
     def write_input(self, name: str, array: np.ndarray) -> TensorEntry:
         return self.write("input", name, array)
@@ -129,7 +162,15 @@ class GoldenWriter:
         return entry
 
     def add_json(self, name: str, obj: Any) -> FileEntry:
-        return self.add_file(name, json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n")
+        try:
+            text = json.dumps(obj, indent=1, sort_keys=True, allow_nan=False)
+        except ValueError as exc:
+            if "out of range float" not in str(exc).lower():  # NaN/Inf: strict JSON has no spelling for them
+                raise
+            raise self._refusal(f"{name} holds a NaN or Inf number", expected="finite numbers (JSON has no NaN)",
+                                remedy="the values are undefined: fix the model, calibration or metric that "
+                                       "produced them (the suite's finite check names NaN/Inf tensors)") from None
+        return self.add_file(name, text + "\n")
 
     def commit(self) -> Manifest:
         self._refuse_existing()  # someone may have written it meanwhile
