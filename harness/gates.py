@@ -25,6 +25,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from harness.compare.tolerance import PRESETS, Bound, Tolerance, ToleranceSet, ToleranceVerdict
 from harness.errors import ConfigError
 from harness.suite_schema import TableReader
 
@@ -42,22 +43,12 @@ CHECKS: tuple[str, ...] = (
 # --- documented defaults --------------------------------------------------------------------------
 _DEPLOY = "default: tpu-mlir model_deploy --tolerance 0.8,0.5 (its deploy default, int8 vs fp32 on every tensor)"
 _TOOL = "tpu-mlir npz_tool compare default 0.99,0.99"
-#: Tolerance presets (cosine, euclid-similarity) from tpu-mlir's production int8 regressions.
-PRESETS: dict[str, tuple[float, float, str]] = {
-    "tpu-mlir-deploy": (0.8, 0.5, "tpu-mlir model_deploy default"),
-    "tpu-mlir-tool": (0.99, 0.99, _TOOL),
-    "resnet18": (0.97, 0.78, "tpu-mlir production int8 regression, resnet18"),
-    "mobilenet_v2": (0.95, 0.69, "tpu-mlir production int8 regression, mobilenet_v2"),
-    "ssd300": (0.98, 0.85, "tpu-mlir production int8 regression, ssd300"),
-    "retinaface": (0.94, 0.67, "tpu-mlir production int8 regression, retinaface"),
-    "ultraface": (0.93, 0.64, "tpu-mlir production int8 regression, ultraface"),
-}
-
 #: gate key -> (default value or None when off, source, check, op)
 SCALAR_GATES: dict[str, tuple[float | None, str, str, Op]] = {
     "layer_cosine_min": (0.8, _DEPLOY, "layerwise", ">="),
     "layer_euclid_min": (0.5, _DEPLOY, "layerwise", ">="),
     "layer_sqnr_db_min": (None, "default: off (no toolchain publishes an SQNR bound)", "layerwise", ">="),
+    "layer_max_abs_max": (None, "default: off (absolute errors depend on each tensor's scale)", "layerwise", "<="),
     "output_cosine_min": (0.8, _DEPLOY, "output", ">="),
     "output_euclid_min": (0.5, _DEPLOY, "output", ">="),
     "output_bmrt_tol": (0.01, "default: bmrt_test's float tolerance (int8 simulation vs int8 kernels)", "bmrt", "<="),
@@ -84,7 +75,12 @@ SCALAR_GATES: dict[str, tuple[float | None, str, str, Op]] = {
         0, "default: harness; calibration images must not be evaluation images", "leakage", "<=",
     ),
 }
-LAYER_METRICS: tuple[str, ...] = ("cosine", "euclid", "sqnr_db")
+LAYER_METRICS: tuple[str, ...] = ("cosine", "euclid", "sqnr_db", "max_abs")
+
+
+def layer_key(metric: str) -> str:
+    """The override key of a layer metric: ``cosine_min``, ``euclid_min``, ``sqnr_db_min``, ``max_abs_max``."""
+    return f"{metric}_max" if metric == "max_abs" else f"{metric}_min"
 _METRIC_DROP_DEFAULT = (0.01, "default: Intel Neural Compressor accuracy_criterion (relative 1%)")
 _REMEDIES: dict[str, str] = {
     "layerwise": "keep the first divergent layer in float ([quant] float_layers), try another calibration "
@@ -105,18 +101,6 @@ _REMEDIES: dict[str, str] = {
 def remedy_for(check: str) -> str:
     """The standard advice when ``check`` fails."""
     return _REMEDIES.get(check, "see the report")
-
-
-@dataclass(frozen=True)
-class Bound:
-    """A gate value and where it came from (``suite.toml [gates] key`` or a documented default)."""
-
-    value: float
-    source: str
-
-    @property
-    def from_suite(self) -> bool:
-        return not self.source.startswith(("default", "preset"))
 
 
 @dataclass(frozen=True)
@@ -200,10 +184,9 @@ def check_max(name: str, observed: float, bound: Bound | float, *, check: str | 
 # --- layer gates ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LayerOverride:
-    """``[gates.layer_overrides] "pattern" = { cosine_min = .., euclid_min = .., sqnr_db_min = .., skip = .. }``.
-
-    A pattern is an exact tensor name or an ``fnmatch`` glob (``*``, ``?``, ``[...]``), case-sensitive.
-    """
+    """``[gates.layer_overrides] "pattern" = { cosine_min = .., euclid_min = .., sqnr_db_min = .., max_abs_max = ..,
+    skip = .. }``. A pattern is an exact tensor name or an ``fnmatch`` glob (``*``, ``?``, ``[...]``),
+    case-sensitive. Precedence is the bound table's (:mod:`harness.compare.tolerance`)."""
 
     pattern: str
     bounds: Mapping[str, Bound]  # layer metric -> bound
@@ -225,98 +208,80 @@ class LayerOverride:
 
 @dataclass(frozen=True)
 class LayerReport:
-    """Per-layer verdicts (topological order, one per gated metric) and the summary verdict."""
+    """Every compared tensor's verdict against its bounds (topological order) and the summary verdict."""
 
-    verdicts: tuple[Verdict, ...]
+    tensors: tuple[ToleranceVerdict, ...]
     summary: Verdict
 
     def __bool__(self) -> bool:
         return self.summary.passed
 
     @property
-    def failed(self) -> tuple[Verdict, ...]:
-        return tuple(v for v in self.verdicts if not v.passed)
+    def failed(self) -> tuple[ToleranceVerdict, ...]:
+        return tuple(v for v in self.tensors if not v.passed)
 
 
 def layer_bounds(layer: str, config: GatesConfig) -> dict[str, Bound] | None:
-    """The bound per layer metric for ``layer``, or None when an override skips it.
-
-    Precedence, per metric: an exact-name override, then glob overrides in file order (the first glob that
-    matches *and sets that metric* wins), then the suite-wide ``layer_<metric>_min``. Per-metric fall-through
-    lets ``"conv_dw_*" = { cosine_min = 0.95 }`` relax cosine without silently switching SQNR off.
-    """
-    ordered = [o for o in config.layer_overrides if not o.is_glob] + [o for o in config.layer_overrides if o.is_glob]
-    matching = [o for o in ordered if o.matches(layer)]
-    if matching and matching[0].skip:
-        return None
-    out: dict[str, Bound] = {}
-    for metric in LAYER_METRICS:
-        for o in matching:
-            if metric in o.bounds:
-                out[metric] = o.bounds[metric]
-                break
-        else:
-            default = config.layer_bound(metric)
-            if default is not None:
-                out[metric] = default
-    return out
+    """The bound per layer metric for ``layer`` from the suite's bound table, or None when an override skips it."""
+    tol = config.layers.for_tensor(layer)
+    return None if tol.skip else dict(tol.bounds)
 
 
-def check_layers(
-    observations: Sequence[tuple[str, Mapping[str, float]]], config: GatesConfig, *, check: str = "layerwise"
-) -> LayerReport:
-    """Verdicts for every (layer, metric) of ``observations`` (layer name -> {"cosine": .., "sqnr_db": ..}),
-    in the given (topological) order, and a summary naming the count failing, the first divergent layer and
-    the worst one (largest shortfall relative to its bound)."""
-    verdicts: list[Verdict] = []
-    for layer, stats in observations:
-        bounds = layer_bounds(layer, config)
-        if bounds is None:
-            continue
-        for metric, bound in bounds.items():
-            if metric in stats:
-                verdicts.append(check_min(f"layer_{metric}_min", stats[metric], bound, check=check, subject=layer))
-    failed = [v for v in verdicts if not v.passed]
-    n_layers = len({v.subject for v in verdicts})
-    if not verdicts:
+def check_layers(tensors: Sequence[ToleranceVerdict], *, first_divergent: str | None = None,
+                 remedy: str | None = None, check: str = "layerwise") -> LayerReport:
+    """The summary of every tensor's verdict (topological order): the count failing, the worst (largest
+    shortfall relative to what its bound allows) and the first divergent layer's description (from
+    :meth:`harness.compare.layerwise.LayerwiseResult.first_divergent_layer`, the one answer shared by the
+    verdict, results.json and the report) with its ``remedy``."""
+    gated = [v for v in tensors if not v.tolerance.skip and (v.tolerance.bounds or not v.passed)]
+    failed = [v for v in gated if not v.passed]
+    details: dict[str, Any] = {"n_layers": len(gated), "n_layers_failed": len(failed)}
+    if not gated:
         summary = Verdict(check=check, gate="layers", passed=True, observed=float("nan"), bound=float("nan"),
                           op=">=", source="-", least_passing=None, message=f"{check} passed: no layer was gated",
-                          remedy="nothing to do", details={"n_layers": 0, "n_failed": 0})
-        return LayerReport((), summary)
+                          remedy="nothing to do", details=details)
+        return LayerReport(tuple(tensors), summary)
     if not failed:
-        worst = min(verdicts, key=_shortfall)
-        message = f"{check} passed: {n_layers} layers; tightest {worst.subject} {worst.gate} {worst.observed:.6g} " \
-                  f"(required >= {worst.bound:.6g})"
-        return LayerReport(tuple(verdicts), _summary(worst, passed=True, message=message, n_layers=n_layers,
-                                                     failed=failed))
-    worst = min(failed, key=_shortfall)
-    first = failed[0]
-    failing_layers = len({v.subject for v in failed})
-    message = (f"{check} FAILED: {failing_layers} of {n_layers} layers below their bounds; worst {worst.subject} "
-               f"{worst.gate} {worst.observed:.6g} < {worst.bound:.6g} ({worst.source}); first divergent "
-               f"{first.subject} {first.gate} {first.observed:.6g}")
-    return LayerReport(tuple(verdicts), _summary(worst, passed=False, message=message, n_layers=n_layers,
-                                                 failed=failed, first=first))
+        tight = min(((v, k) for v in gated for k in v.tolerance.bounds if k in v.min_passing),
+                    key=lambda vk: _margin(vk[0], vk[1]), default=None)
+        if tight is None:
+            message = f"{check} passed: {len(gated)} layers"
+            return LayerReport(tuple(tensors), Verdict(check=check, gate="layers", passed=True, observed=float("nan"),
+                                                       bound=float("nan"), op=">=", source="-", least_passing=None,
+                                                       message=message, remedy="nothing to do", details=details))
+        v, key = tight
+        b = v.tolerance.bounds[key]
+        op: Op = "<=" if key == "max_abs" else ">="
+        message = (f"{check} passed: {len(gated)} layers; tightest {v.name} {key} {v.min_passing[key]:.6g} "
+                   f"(required {op} {b.value:.6g}, {b.source})")
+        return LayerReport(tuple(tensors), Verdict(
+            check=check, gate=f"layer_{layer_key(key)}", passed=True, observed=v.min_passing[key], bound=b.value,
+            op=op, source=b.source, least_passing=v.min_passing[key], message=message, remedy="nothing to do",
+            subject=v.name, details=details))
+    worst_v = max(failed, key=lambda v: v.worst.severity if v.worst else 0.0)
+    worst = worst_v.worst
+    assert worst is not None
+    details["failed_layers"] = [v.name for v in failed[:20]]
+    message = (f"{check} FAILED: {len(failed)} of {len(gated)} layers beyond their bounds; worst {worst_v.name} "
+               f"{worst} ({worst.bound.source})")
+    if first_divergent:
+        message += f"; {first_divergent}"
+        details["first_divergent"] = first_divergent
+    gate = "nonfinite_count" if worst.key == "finite" else f"layer_{layer_key(worst.key)}"
+    summary = Verdict(check=check, gate=gate, passed=False, observed=worst.observed, bound=worst.bound.value,
+                      op=worst.op, source=worst.bound.source,  # type: ignore[arg-type]
+                      least_passing=worst.observed, message=message,
+                      remedy=remedy or _REMEDIES["layerwise"], subject=worst_v.name, details=details)
+    return LayerReport(tuple(tensors), summary)
 
 
-def _shortfall(v: Verdict) -> float:
-    if math.isnan(v.observed):
-        return -math.inf
-    return (v.observed - v.bound) / max(abs(v.bound), 1e-12)
+def _margin(v: ToleranceVerdict, key: str) -> float:
+    """Distance to the bound relative to what the bound allows (small = tight)."""
+    from harness.compare.tolerance import deficit
 
-
-def _summary(worst: Verdict, *, passed: bool, message: str, n_layers: int, failed: list[Verdict],
-             first: Verdict | None = None) -> Verdict:
-    remedy = "nothing to do" if passed else (
-        f"keep {first.subject!r} (first divergent) in float via [quant] float_layers, try another calibration "
-        f"method, or relax it in [gates.layer_overrides]" if first is not None else _REMEDIES["layerwise"])
-    details: dict[str, Any] = {"n_layers": n_layers, "n_failed": len(failed),
-                               "n_layers_failed": len({v.subject for v in failed})}
-    if first is not None:
-        details["first_divergent"] = first.subject
-    return Verdict(check=worst.check, gate=worst.gate, passed=passed, observed=worst.observed, bound=worst.bound,
-                   op=">=", source=worst.source, least_passing=worst.least_passing, message=message, remedy=remedy,
-                   subject=worst.subject, details=details)
+    allowed = deficit(key, v.tolerance.bounds[key].value)
+    seen = deficit(key, v.min_passing[key])
+    return 1.0 - seen / allowed if allowed > 0 else math.inf
 
 
 # --- metric drops ---------------------------------------------------------------------------------
@@ -434,7 +399,15 @@ class GatesConfig:
         return self.scalars.get(key)
 
     def layer_bound(self, metric: str) -> Bound | None:
-        return self.scalars.get(f"layer_{metric}_min")
+        return self.scalars.get(f"layer_{layer_key(metric)}")
+
+    @property
+    def layers(self) -> ToleranceSet:
+        """The one bound table of the layerwise comparison: the suite-wide ``layer_*`` bounds as the default,
+        ``[gates.layer_overrides]`` as overrides (exact names first, then globs in file order, per metric)."""
+        default = Tolerance({m: b for m in LAYER_METRICS if (b := self.layer_bound(m)) is not None})
+        return ToleranceSet(default=default, overrides=tuple(
+            (o.pattern, Tolerance(dict(o.bounds), skip=o.skip)) for o in self.layer_overrides))
 
     def check(self, key: str, observed: float, *, subject: str | None = None) -> Verdict:
         """Evaluate scalar gate ``key`` (direction and check name from :data:`SCALAR_GATES`)."""
@@ -467,7 +440,7 @@ class GatesConfig:
             out["require_significant"] = self.require_significant
         if self.layer_overrides:
             out["layer_overrides"] = {
-                o.pattern: {**{f"{m}_min": b.value for m, b in o.bounds.items()}, **({"skip": True} if o.skip else {})}
+                o.pattern: {**{layer_key(m): b.value for m, b in o.bounds.items()}, **({"skip": True} if o.skip else {})}
                 for o in self.layer_overrides
             }
         metrics: dict[str, Any] = {}
@@ -494,10 +467,9 @@ class GatesConfig:
         reader.check_keys(valid)
         preset = reader.str("preset", default=None, choices=tuple(PRESETS))
         if preset is not None:
-            cos, euc, src = PRESETS[preset]
             for scope in ("layer", "output"):
-                scalars[f"{scope}_cosine_min"] = Bound(cos, f"preset {preset}: {src}")
-                scalars[f"{scope}_euclid_min"] = Bound(euc, f"preset {preset}: {src}")
+                scalars[f"{scope}_cosine_min"] = PRESETS[preset].bounds["cosine"]
+                scalars[f"{scope}_euclid_min"] = PRESETS[preset].bounds["euclid"]
         explicit = set()
         for key, (_, _, _, op) in SCALAR_GATES.items():
             if reader.has(key):
@@ -529,16 +501,17 @@ def _read_overrides(reader: TableReader | None) -> tuple[LayerOverride, ...]:
     for pattern in reader.data:
         sub = reader.sub(pattern)
         assert sub is not None
-        keys = [f"{m}_min" for m in LAYER_METRICS] + ["skip"]
+        keys = [layer_key(m) for m in LAYER_METRICS] + ["skip"]
         sub.check_keys(keys, hint='e.g. "conv_dw_*" = { cosine_min = 0.95 }')
         bounds = {}
         for m in LAYER_METRICS:
-            if sub.has(f"{m}_min"):
-                high = None if m == "sqnr_db" else 1.0
-                bounds[m] = Bound(sub.float(f"{m}_min", high=high), f"{reader.file.name} [gates.layer_overrides] {pattern!r}")
+            if sub.has(layer_key(m)):
+                low, high = (0.0, None) if m == "max_abs" else (None, None if m == "sqnr_db" else 1.0)
+                bounds[m] = Bound(sub.float(layer_key(m), low=low, high=high),
+                                  f"{reader.file.name} [gates.layer_overrides] {pattern!r}")
         skip = sub.bool("skip", default=False)
         if not bounds and not skip:
-            raise sub.error("", "is empty", expected="at least one of cosine_min, euclid_min, sqnr_db_min or skip")
+            raise sub.error("", "is empty", expected=f"at least one of {', '.join(keys)}")
         out.append(LayerOverride(pattern=pattern, bounds=bounds, skip=skip))
     return tuple(out)
 

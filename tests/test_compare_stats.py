@@ -82,7 +82,7 @@ def test_nonfinite_is_counted_not_propagated() -> None:
 def test_all_nonfinite_gives_nan_and_fails_tolerance() -> None:
     r = tensor_stats(np.full(3, np.nan), np.ones(3))
     assert r.count == 0 and math.isnan(r.cosine)
-    assert not Tolerance(cosine=0.5).check("t", r)
+    assert not Tolerance.of(cosine=0.5).check("t", r)
 
 
 def test_size_mismatch_is_a_bug() -> None:
@@ -140,27 +140,38 @@ def test_bmrt_relative_against_zero_and_nan() -> None:
 
 
 def test_tolerance_globs_first_match_and_provenance() -> None:
-    tols = ToleranceSet(default=PRESETS["resnet18"], overrides=(("conv1*", Tolerance(cosine=0.5, source="team")),
-                                                                 ("conv*", Tolerance(cosine=0.9))))
-    assert tols.for_tensor("conv1_out").cosine == 0.5
-    assert tols.for_tensor("conv2_out").cosine == 0.9
-    assert tols.for_tensor("fc").source == "production regression resnet18 0.97/0.78"
-    assert PRESETS["tpu-mlir-tool"].source == "tpu-mlir tool default 0.99/0.99"
+    tols = ToleranceSet(default=PRESETS["resnet18"], overrides=(("conv1*", Tolerance.of(cosine=0.5, source="team")),
+                                                                 ("conv*", Tolerance.of(cosine=0.9))))
+    assert tols.for_tensor("conv1_out").value("cosine") == 0.5
+    assert tols.for_tensor("conv2_out").value("cosine") == 0.9
+    assert tols.for_tensor("conv2_out").value("euclid") == 0.78  # per bound key: falls through to the default
+    assert tols.for_tensor("fc").source == "preset resnet18: tpu-mlir production int8 regression, resnet18"
+    assert PRESETS["tpu-mlir-tool"].source.startswith("preset tpu-mlir-tool: tpu-mlir tool default 0.99/0.99")
+
+
+def test_exact_names_beat_globs_and_skip() -> None:
+    tols = ToleranceSet(default=Tolerance.of(cosine=0.9, source="d"),
+                        overrides=(("conv*", Tolerance.of(cosine=0.5, source="g")),
+                                   ("conv3", Tolerance.of(cosine=0.8, source="e")),
+                                   ("arg*", Tolerance(skip=True))))
+    assert tols.for_tensor("conv3").value("cosine") == 0.8 and tols.for_tensor("conv4").value("cosine") == 0.5
+    assert tols.for_tensor("argmax").skip and tols.check("argmax", tensor_stats(np.ones(3), -np.ones(3)))
+    assert tols.unmatched(["conv1", "fc"]) == ["conv3", "arg*"]
 
 
 def test_verdict_is_truthy_and_states_min_passing() -> None:
     stats = tensor_stats(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 4.0]))
-    v = Tolerance(cosine=0.999, max_abs=2.0).check("t", stats)
-    assert not v and len(v.failures) == 1 and "cosine" in v.failures[0]
+    v = Tolerance.of(cosine=0.999, max_abs=2.0).check("t", stats)
+    assert not v and len(v.failures) == 1 and v.failures[0].key == "cosine" and "cosine" in str(v.failures[0])
     assert v.min_passing == {"cosine": stats.cosine, "max_abs": 1.0}
-    assert Tolerance(cosine=v.min_passing["cosine"], max_abs=1.0).check("t", stats)
+    assert Tolerance.of(cosine=v.min_passing["cosine"], max_abs=1.0).check("t", stats)
 
 
 def test_parse_tolerance_spec() -> None:
     tols = parse_tolerance_spec(["cosine=0.9", "conv*:sqnr_db=20", "conv*:max_abs=0.1", "x:0:cosine=0.5"])
-    assert tols.default.bounds() == {"cosine": 0.9} and tols.default.source == "command line"
-    assert tols.for_tensor("conv1").bounds() == {"sqnr_db": 20.0, "max_abs": 0.1}
-    assert tols.for_tensor("x:0").cosine == 0.5
+    assert tols.default.values() == {"cosine": 0.9} and tols.default.source == "command line"
+    assert tols.for_tensor("conv1").values() == {"cosine": 0.9, "sqnr_db": 20.0, "max_abs": 0.1}
+    assert tols.for_tensor("x:0").value("cosine") == 0.5
     assert parse_tolerance_spec(["preset=ssd300"]).default == PRESETS["ssd300"]
     for bad in ("cosine", "speed=3", "cosine=high", "preset=nope"):
         with pytest.raises(ConfigError):

@@ -61,8 +61,11 @@ def nan_scores(tmp_path: Path) -> Path:
 def test_nan_scores_fail_the_finite_check_naming_the_first_layer_and_image(tmp_path: Path, nan_scores: Path) -> None:
     outcome = run_suite(small(nan_scores), golden_root=tmp_path / "golden")
     checks = outcome.checks
-    # What passed before the check existed still passes: the comparisons skip the NaN pairs.
-    assert checks["layerwise"].passed and checks["outputs"].passed and checks["metrics"].passed
+    # The comparisons of outputs and metrics skip the NaN pairs; the layerwise bounds count them as a failure,
+    # and name the same first tensor.
+    assert checks["outputs"].passed and checks["metrics"].passed
+    assert not checks["layerwise"].passed
+    assert checks["layerwise"].sections["first_divergent"]["reason"] == "nonfinite"
     verdict = checks["finite"].verdicts[0]
     assert not verdict.passed and verdict.check == "finite" and verdict.subject == f"{FIRST_NAN}_output_0"
     # 4 NaN channels x 20 x 20 cells of 56 x 400 values, on each of the 2 probe images

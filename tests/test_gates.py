@@ -6,8 +6,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from harness.compare.stats import tensor_stats
 from harness.errors import ConfigError
 from harness.gates import (
     Bound,
@@ -89,29 +91,53 @@ def test_override_precedence_exact_then_globs_in_order_then_global_per_metric() 
     assert "conv_dw_*" in b["cosine"].source
 
 
+def _stats(cosine: float, sqnr_db: float | None = None):
+    """Tensor stats with an exact cosine (and, optionally, an SQNR) from a hand-built pair."""
+    from tests.test_layerwise import with_cosine
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(256)
+    return tensor_stats(x, with_cosine(x, cosine, rng))
+
+
 def test_layer_report_counts_worst_first_and_least_passing() -> None:
     cfg = config(OVERRIDES)
+    table = cfg.layers
     obs = [
-        ("conv_1", {"cosine": 0.97, "sqnr_db": 25.0}),
-        ("conv_dw_1", {"cosine": 0.94, "sqnr_db": 12.0}),  # first divergent (0.94 < 0.95)
-        ("conv_dw_3", {"cosine": 0.85}),
-        ("fc", {"cosine": 0.50, "sqnr_db": 30.0}),  # worst: far below 0.99
-        ("argmax_out", {"cosine": -1.0}),  # skipped
+        ("conv_1", 0.97),
+        ("conv_dw_1", 0.94),  # first failing (0.94 < 0.95)
+        ("conv_dw_3", 0.85),
+        ("fc", 0.50),  # worst: far below 0.99
+        ("argmax_out", -1.0),  # skipped
     ]
-    report = check_layers(obs, cfg)
+    verdicts = [table.check(name, _stats(c)) for name, c in obs]
+    report = check_layers(verdicts, first_divergent="first divergent layer: conv_dw_1", remedy="keep conv_dw_1")
     assert not report
-    assert [v.subject for v in report.failed] == ["conv_dw_1", "fc"]
+    # conv_dw_3 passes its exact cosine bound 0.8 but fails the euclid default and the SQNR bound it inherits
+    # from the conv_* glob
+    assert [v.name for v in report.failed] == ["conv_dw_1", "conv_dw_3", "fc"]
+    assert [f.key for f in report.failed[1].failures] == ["euclid", "sqnr_db"]
     s = report.summary
-    assert s.subject == "fc" and s.observed == 0.5 and s.bound == 0.99 and s.least_passing == 0.5
-    assert s.details["first_divergent"] == "conv_dw_1" and s.details["n_layers_failed"] == 2
-    assert s.details["n_layers"] == 4
+    # worst = furthest beyond what its bound allows: fc's SQNR (0 dB against 20 dB is 100x the allowed noise)
+    assert s.subject == "fc" and s.bound == 20.0 and s.observed == pytest.approx(0.0, abs=1e-9)
+    assert s.gate == "layer_sqnr_db_min"
+    assert s.details["n_layers_failed"] == 3 and s.details["n_layers"] == 4
     first, second = s.text.splitlines()
-    assert "2 of 4 layers" in first and "worst fc" in first and "first divergent conv_dw_1" in first
-    assert "conv_dw_1" in second and "float_layers" in second
+    assert "3 of 4 layers" in first and "worst fc" in first and "first divergent layer: conv_dw_1" in first
+    assert second == "keep conv_dw_1"
+
+
+def test_layer_report_shows_a_failing_sqnr_bound_on_a_good_cosine() -> None:
+    cfg = config({"layer_sqnr_db_min": 30.0})
+    v = cfg.layers.check("t", _stats(0.991))  # cosine 0.991 passes 0.8; SQNR about 17 dB does not
+    assert not v and [f.key for f in v.failures] == ["sqnr_db"]
+    report = check_layers([v])
+    assert report.summary.gate == "layer_sqnr_db_min" and "sqnr_db=" in report.summary.message
 
 
 def test_layer_report_passes_and_names_tightest() -> None:
-    report = check_layers([("a", {"cosine": 0.999}), ("b", {"cosine": 0.995})], config({"layer_cosine_min": 0.99}))
+    table = config({"layer_cosine_min": 0.99, "layer_euclid_min": 0.0}).layers
+    report = check_layers([table.check("a", _stats(0.999)), table.check("b", _stats(0.995))])
     assert report and report.summary.subject == "b" and "passed" in report.summary.message
 
 

@@ -268,15 +268,3 @@ def test_tpu_mlir_remedy_names_the_qtable_row_by_tensor():
     # tpu-mlir names an op after its first output tensor; the harness's qtable reader takes either
     assert "qtable row `404 F32`" in layer_remedy(get_profile("bm1684-int8"), "Transpose_404", "404")
 
-
-def test_layer_gate_remedy_names_a_tensor_that_float_layers_accepts(project):
-    """The layer gates' own remedy ("keep '<tensor>' (first divergent) in float via [quant] float_layers")
-    names the compared tensor; pasted into float_layers it keeps that tensor's producer in float."""
-    from harness.gates import check_layers
-
-    stages = _stages(project)
-    report = check_layers([("dw_out", {"cosine": 0.1})], stages.suite.gates)
-    named = re.findall(r"'([^']+)'", report.summary.remedy)[0]
-    assert named == "dw_out" and "[quant] float_layers" in report.summary.remedy
-    plan = _stages(project, quant_extra=f"float_layers = {toml_list(named)}").quantized.plan
-    assert not _quantizes(plan, "dw", "dw_w")

@@ -177,7 +177,7 @@ def test_immutable_and_replace(tmp_path: Path) -> None:
         ('ap_method = "area"', 'apmethod = "area"', "metrics.apmethod", "ap_method"),
         ("n_resamples = 200", "resamples = 200", "metrics.bootstrap.resamples", "n_resamples, confidence, seed"),
         ("layer_sqnr_db_min = 10", "layer_cosin_min = 0.9", "gates.layer_cosin_min", "layer_cosine_min"),
-        ("{ cosine_min = 0.95 }", "{ cos_min = 0.95 }", "cos_min", "cosine_min, euclid_min, sqnr_db_min, skip"),
+        ("{ cosine_min = 0.95 }", "{ cos_min = 0.95 }", "cos_min", "cosine_min, euclid_min, sqnr_db_min, max_abs_max, skip"),
         ("map = { drop_max = 0.02 }", "map50 = { drop_max = 0.02 }", "gates.metrics.map50", "map"),
         ("map = { drop_max = 0.02 }", "map = { drop_maximum = 0.02 }", "drop_maximum", "drop_max, drop_max_rel"),
         ('float_layers = ["conv1"]', 'float_layer = ["conv1"]', "quant.float_layer", "float_layers"),

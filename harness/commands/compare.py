@@ -152,8 +152,8 @@ def _report(verdicts: list[ToleranceVerdict], notes: dict[str, str], passed: boo
             extra: dict[str, list[str]]) -> dict[str, Any]:
     return {
         "passed": passed,
-        "default_tolerance": {**tolerances.default.bounds(), "source": tolerances.default.source},
-        "tensors": [{"name": v.name, "passed": v.passed, "failures": list(v.failures), "note": notes.get(v.name, ""),
+        "default_tolerance": {**tolerances.default.values(), "source": tolerances.default.source},
+        "tensors": [{"name": v.name, "passed": v.passed, "failures": [str(f) for f in v.failures], "note": notes.get(v.name, ""),
                      "min_passing": dict(v.min_passing), **v.stats.to_dict()} for v in verdicts],
         "not_compared": {n: note for n, note in notes.items() if note.startswith("size")},
         **extra,
@@ -168,7 +168,7 @@ def _table(verdicts: list[ToleranceVerdict], notes: dict[str, str], tolerances: 
     lines = [f"{'tensor':<{width}}  {'cosine':>9}  {'euclid':>9}  {'sqnr_db':>8}  {'max_abs':>10}  status"]
     for v in rows:
         s = v.stats
-        status = "ok" if v.passed else "FAIL " + "; ".join(v.failures)
+        status = "ok" if v.passed else "FAIL " + "; ".join(str(f) for f in v.failures)
         if v.name in notes:
             status += f" ({notes[v.name]})"
         lines.append(f"{v.name[-width:]:<{width}}  {s.cosine:>9.6f}  {s.euclid_similarity:>9.6f}  {s.sqnr_db:>8.2f}  "

@@ -2,65 +2,39 @@
 
 Two errors per tensor, because they answer different questions:
 
-* **accumulated** error: fp32 model vs quantized model at that tensor (``ref`` = fp32 tensor,
-  ``test`` = the quantized model's tensor of the same name). "How wrong is it here?"
-* **local** error: that tensor's own quantisation step (``ref`` = the quantized model's value
-  before its QuantizeLinear, ``test`` = after DequantizeLinear). "How much did this step add?"
+* **accumulated** error: fp32 model vs quantized model at that tensor (``ref`` = fp32 tensor, ``test`` = the
+  quantized model's tensor of the same name, before its own quantisation). "How wrong is it here?"
+* **local** error: one quantisation step (``ref`` = the value before its QuantizeLinear, ``test`` = after
+  DequantizeLinear). "How much did this step add?" Recorded per tensor for the table (``update_local``) and
+  per quantisation *site* (``update_site``: ``(tensor, "*")`` or ``(tensor, consumer)``, as in the plan) for
+  attribution, since a tensor's own quantisation shows up in its consumers' accumulated error.
 
-API: ``update_accumulated(name, ref, test)`` and ``update_local(name, ref, test)``, once per
-batch and tensor, in any order; both stream into ``TensorStats``. ``compute()`` gives a
-``LayerwiseResult`` with rows in topological order (the order of the ``TensorInfo`` list).
-
-First divergent layer (``LayerwiseResult.first_divergent_layer``): let ``s(L)`` be the gate
-similarity of L's accumulated error (cosine by default; euclid-similarity also possible),
-``b(L)`` its bound from the tolerance set, ``deficit(L) = 1 - s(L)``, and ``inherited(L)`` the
-*worst* (minimum) ``s`` over L's predecessors (the input tensors of the node that makes L; the
-previous tensor in the list when no graph is given; 1.0 for a tensor with none). Then
-
-1. L *crosses* when ``s(L) < b(L)``;
-2. L *explains* its own crossing when its local error fails its bound (``reason="local"``), or
-   when at least ``jump_share`` (default 0.5) of its deficit appeared at L itself:
-   ``inherited(L) - s(L) >= jump_share * deficit(L)`` (``reason="jump"``);
-3. the answer is the earliest L in topological order that crosses and explains. If layers cross
-   but none explains (error drifting in slowly over many layers), the answer is the earliest
-   crossing with ``reason="drift"``; if nothing crosses, ``None``.
-
-So a layer that introduces a big error is chosen, not the later layers that merely inherit it
-(their jump is small next to their deficit), and noisy early layers that stay above the bound are
-never chosen.
+API: ``update_accumulated`` / ``update_local`` / ``update_site``, once per batch and tensor, in any order; all
+stream into ``TensorStats``. ``compute()`` gives a ``LayerwiseResult`` with rows in topological order (the
+order of the ``TensorInfo`` list), each checked against the one bound table (``harness.compare.tolerance``).
+``first_divergent_layer`` applies the rule of :mod:`harness.compare.attribution`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-import onnx
 
+from harness.compare.attribution import Divergence, find_first_divergence
+from harness.compare.regions import Region, chain_regions, layer_regions, predecessor_map
 from harness.compare.stats import TensorStats, TensorStatsResult
 from harness.compare.tolerance import Tolerance, ToleranceSet, ToleranceVerdict
 from harness.errors import ConfigError
-from harness.model.graph import TensorInfo, topological_nodes
+from harness.model.graph import TensorInfo
 
-__all__ = ["Divergence", "LayerRow", "LayerwiseComparison", "LayerwiseResult", "predecessor_map"]
+__all__ = ["Divergence", "LayerRow", "LayerwiseComparison", "LayerwiseResult", "layer_regions",
+           "predecessor_map"]
 
-GateMetric = Literal["cosine", "euclid"]
-_STAT = {"cosine": "cosine", "euclid": "euclid_similarity"}
-
-
-def predecessor_map(proto: onnx.ModelProto, tensors: Sequence[TensorInfo]) -> dict[str, tuple[str, ...]]:
-    """For each tensor in ``tensors``, the inputs of its producing node that are also in ``tensors``."""
-    tracked = {t.name for t in tensors}
-    out: dict[str, tuple[str, ...]] = {}
-    for node in topological_nodes(proto.graph):
-        preds = tuple(dict.fromkeys(i for i in node.input if i in tracked))
-        for name in node.output:
-            if name in tracked:
-                out[name] = preds
-    return out
+_STAT_KEYS = ("cosine", "euclid_similarity", "sqnr_db", "nmse", "mae", "max_abs_error", "nonfinite_count")
 
 
 @dataclass(frozen=True)
@@ -73,51 +47,31 @@ class LayerRow:
     op_type: str
     accumulated: TensorStatsResult | None
     local: TensorStatsResult | None
-    verdict: ToleranceVerdict | None  # accumulated error vs the tensor's tolerance
+    verdict: ToleranceVerdict | None  # accumulated error vs the tensor's bounds
 
     @property
     def passed(self) -> bool:
         return self.verdict is None or self.verdict.passed
 
 
-@dataclass(frozen=True)
-class Divergence:
-    """The answer of ``first_divergent_layer``: which layer, its errors, and why it was chosen."""
-
-    index: int
-    name: str
-    node_name: str
-    op_type: str
-    accumulated: TensorStatsResult
-    local: TensorStatsResult | None
-    inherited: float  # worst gate similarity over the predecessors
-    bound: float
-    reason: Literal["local", "jump", "drift"]
-
-    def describe(self) -> str:
-        loc = f", local cosine {self.local.cosine:.4f}" if self.local else ""
-        return (f"first divergent layer: {self.node_name} ({self.op_type}) -> tensor {self.name!r}: "
-                f"accumulated cosine {self.accumulated.cosine:.4f} (bound {self.bound:g}, inputs {self.inherited:.4f})"
-                f"{loc}; reason: {self.reason}")
-
-
 class LayerwiseComparison:
     """Streams per-tensor accumulated and local errors for a fixed, topologically ordered list.
 
-    ``predecessors`` maps a tensor to the tensors its node reads (see ``predecessor_map``); without
-    it each tensor's predecessor is the previous one in the list (a chain).
+    ``regions`` (see :func:`harness.compare.regions.layer_regions`) say how each tensor is computed from its
+    nearest measured ancestors; without them each tensor is computed from the previous one in the list (a
+    chain). ``folded`` maps a node to the BatchNormalization folded into it, for messages.
     """
 
     def __init__(self, tensors: Sequence[TensorInfo], *, tolerances: ToleranceSet | None = None,
-                 predecessors: Mapping[str, Sequence[str]] | None = None) -> None:
+                 regions: Mapping[str, Region] | None = None, folded: Mapping[str, str] | None = None) -> None:
         self.tensors = list(tensors)
         self.tolerances = tolerances or ToleranceSet()
-        if predecessors is None:
-            predecessors = {t.name: ((self.tensors[i - 1].name,) if i else ()) for i, t in enumerate(self.tensors)}
-        self.predecessors = {k: tuple(v) for k, v in predecessors.items()}
+        self.regions = dict(regions) if regions is not None else chain_regions(self.tensors)
+        self.folded = dict(folded or {})
         self._index = {t.name: i for i, t in enumerate(self.tensors)}
         self.accumulated_: dict[str, TensorStats] = {}
         self.local_: dict[str, TensorStats] = {}
+        self.sites_: dict[tuple[str, str], TensorStats] = {}
 
     def _check(self, name: str) -> None:
         if name not in self._index:
@@ -131,9 +85,13 @@ class LayerwiseComparison:
         self.accumulated_.setdefault(name, TensorStats()).update(ref, test)
 
     def update_local(self, name: str, ref: np.ndarray, test: np.ndarray) -> None:
-        """Pre-quantization value (``ref``) vs its dequantized value (``test``) in the quantized model."""
+        """Pre-quantization value (``ref``) vs its dequantized value (``test``): the table's local column."""
         self._check(name)
         self.local_.setdefault(name, TensorStats()).update(ref, test)
+
+    def update_site(self, tensor: str, consumer: str, ref: np.ndarray, test: np.ndarray) -> None:
+        """One quantisation site of the plan (``consumer`` = a node's display name, or ``"*"``)."""
+        self.sites_.setdefault((tensor, consumer), TensorStats()).update(ref, test)
 
     def update(self, batch_fp32: Mapping[str, np.ndarray], batch_quant: Mapping[str, np.ndarray],
                local_pairs: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> None:
@@ -145,12 +103,10 @@ class LayerwiseComparison:
             self.update_local(name, ref, test)
 
     def merge(self, other: LayerwiseComparison) -> LayerwiseComparison:
-        for mine, theirs in ((self.accumulated_, other.accumulated_), (self.local_, other.local_)):
-            for name, stats in theirs.items():
-                if name in mine:
-                    mine[name].merge(stats)
-                else:
-                    mine[name] = TensorStats().merge(stats)
+        for mine, theirs in ((self.accumulated_, other.accumulated_), (self.local_, other.local_),
+                             (self.sites_, other.sites_)):
+            for key, stats in theirs.items():
+                mine.setdefault(key, TensorStats()).merge(stats)  # type: ignore[attr-defined]
         return self
 
     def compute(self) -> LayerwiseResult:
@@ -160,7 +116,12 @@ class LayerwiseComparison:
             loc = self.local_[t.name].compute() if t.name in self.local_ else None
             verdict = self.tolerances.check(t.name, acc) if acc is not None else None
             rows.append(LayerRow(t.index, t.name, t.node_name, t.op_type, acc, loc, verdict))
-        return LayerwiseResult(rows=rows, tolerances=self.tolerances, predecessors=self.predecessors)
+        # Without per-site records (a chain, or a caller that only knows tensors), a tensor's local error is the
+        # site every consumer reads.
+        sites = ({k: s.compute() for k, s in self.sites_.items()} if self.sites_ else
+                 {(name, "*"): s.compute() for name, s in self.local_.items()})
+        return LayerwiseResult(rows=rows, tolerances=self.tolerances, regions=self.regions, sites=sites,
+                               folded=self.folded)
 
     def first_divergent_layer(self, gate: float | Tolerance | ToleranceSet | None = None, **kwargs: Any) -> Divergence | None:
         return self.compute().first_divergent_layer(gate, **kwargs)
@@ -168,11 +129,13 @@ class LayerwiseComparison:
 
 @dataclass(frozen=True)
 class LayerwiseResult:
-    """Rows in topological order. Truthy when every compared tensor passes its tolerance."""
+    """Rows in topological order. Truthy when every compared tensor passes its bounds."""
 
     rows: list[LayerRow]
     tolerances: ToleranceSet
-    predecessors: Mapping[str, tuple[str, ...]]
+    regions: Mapping[str, Region] = field(default_factory=dict)
+    sites: Mapping[tuple[str, str], TensorStatsResult] = field(default_factory=dict)
+    folded: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -185,15 +148,19 @@ class LayerwiseResult:
     def failed_rows(self) -> list[LayerRow]:
         return [r for r in self.rows if not r.passed]
 
+    @property
+    def predecessors(self) -> dict[str, tuple[str, ...]]:
+        return {name: region.inputs for name, region in self.regions.items()}
+
     def to_records(self) -> list[dict[str, Any]]:
         records = []
         for r in self.rows:
             rec: dict[str, Any] = {"index": r.index, "name": r.name, "node_name": r.node_name, "op_type": r.op_type}
             for prefix, stats in (("acc", r.accumulated), ("local", r.local)):
-                for key in ("cosine", "euclid_similarity", "sqnr_db", "nmse", "mae", "max_abs_error", "nonfinite_count"):
+                for key in _STAT_KEYS:
                     rec[f"{prefix}_{key}"] = getattr(stats, key) if stats is not None else math.nan
             rec["passed"] = r.passed
-            rec["failures"] = "; ".join(r.verdict.failures) if r.verdict else ""
+            rec["failures"] = "; ".join(str(f) for f in r.verdict.failures) if r.verdict else ""
             records.append(rec)
         return records
 
@@ -203,39 +170,19 @@ class LayerwiseResult:
         return pd.DataFrame.from_records(self.to_records())
 
     def first_divergent_layer(self, gate: float | Tolerance | ToleranceSet | None = None, *,
-                              metric: GateMetric = "cosine", jump_share: float = 0.5) -> Divergence | None:
-        """See the module docstring for the rule. ``gate``: a bound for every tensor (float), a
-        Tolerance, a ToleranceSet, or None for this result's tolerances."""
-        if metric not in _STAT:
-            raise ConfigError(f"Unknown gate metric {metric!r}", expected="'cosine' or 'euclid'")
-        sim = {r.name: float(getattr(r.accumulated, _STAT[metric])) for r in self.rows if r.accumulated}
-        drift: Divergence | None = None
-        for r in self.rows:
-            if r.accumulated is None:
-                continue
-            bound = _bound(gate, self.tolerances, r.name, metric)
-            s = sim[r.name]
-            if bound is None or not (s < bound or math.isnan(s)):
-                continue
-            inherited = min((sim[p] for p in self.predecessors.get(r.name, ()) if p in sim), default=1.0)
-            local_fails = r.local is not None and float(getattr(r.local, _STAT[metric])) < bound
-            jump = inherited - s
-            reason: Literal["local", "jump", "drift"] | None = None
-            if local_fails:
-                reason = "local"
-            elif jump >= jump_share * (1.0 - s) or math.isnan(s):
-                reason = "jump"
-            div = Divergence(r.index, r.name, r.node_name, r.op_type, r.accumulated, r.local, inherited, bound,
-                             reason or "drift")
-            if reason:
-                return div
-            drift = drift or div
-        return drift
-
-
-def _bound(gate: float | Tolerance | ToleranceSet | None, default: ToleranceSet, name: str,
-           metric: GateMetric) -> float | None:
-    if isinstance(gate, (int, float)):
-        return float(gate)
-    tol = (gate or default).for_tensor(name) if not isinstance(gate, Tolerance) else gate
-    return getattr(tol, metric)
+                              jump_share: float = 0.5, drift_start_share: float = 0.1) -> Divergence | None:
+        """See :mod:`harness.compare.attribution`. ``gate``: a cosine bound for every tensor (float), a Tolerance,
+        a ToleranceSet, or None for this result's bounds."""
+        if isinstance(gate, (int, float)):
+            table = ToleranceSet(default=Tolerance.of(cosine=float(gate), source="given by the caller"))
+        elif isinstance(gate, Tolerance):
+            table = ToleranceSet(default=gate)
+        else:
+            table = gate or self.tolerances
+        verdicts = {r.name: (r.verdict if table is self.tolerances and r.verdict is not None
+                             else table.check(r.name, r.accumulated))
+                    for r in self.rows if r.accumulated is not None}
+        order = [(r.index, r.name, r.node_name, r.op_type) for r in self.rows]
+        local = {r.name: r.local for r in self.rows if r.local is not None}
+        return find_first_divergence(verdicts, order, self.regions, self.sites, local, jump_share=jump_share,
+                                     drift_start_share=drift_start_share, folded=self.folded)

@@ -8,7 +8,6 @@ check's ``error``: the item fails with that message and nothing is overwritten.
 
 from __future__ import annotations
 
-import glob
 import math
 from collections.abc import Callable
 from dataclasses import replace
@@ -17,18 +16,17 @@ from typing import Any
 import numpy as np
 
 from harness.compare.stats import BmrtResult, bmrt_allclose, tensor_stats
-from harness.compare.tolerance import Tolerance, ToleranceSet
 from harness.engine.finite import finite
 from harness.engine.golden_io import GoldenHandle, relative_to_cwd
 from harness.engine.layers import sample_layer
 from harness.engine.parity import diagnose
-from harness.engine.remedy import layer_remedy
+from harness.engine.remedy import divergence_record, divergence_remedy
 from harness.engine.results import CheckResult
 from harness.engine.stages import SuiteStages, stack
 from harness.errors import HarnessError
 from harness.golden.store import GoldenStore
-from harness.gates import (Bound, Verdict, check_drop, check_layers, check_max, check_min, layer_bounds,
-                           remedy_for)
+from harness.gates import (LAYER_METRICS, Bound, Verdict, check_drop, check_layers, check_max, check_min,
+                           layer_key, remedy_for)
 from harness.leakage import find_leakage
 
 _FP16_HALF_ULP = 2.0 ** -11  # relative rounding of a float16 dump
@@ -171,45 +169,31 @@ def _layers_vs_golden(stages: SuiteStages, store: GoldenStore, abs_bound: Bound,
 
 # --- layerwise ------------------------------------------------------------------------------------
 def layerwise(stages: SuiteStages) -> CheckResult:
+    """Every measured tensor against the suite's one bound table; one first-divergent answer for the verdict,
+    results.json and the report."""
     run = stages.quant_probe
-    gates = stages.suite.gates
-    rows = run.layerwise.rows
-    observations = []
-    for r in rows:
-        if r.accumulated is not None:
-            observations.append((r.name, {"cosine": r.accumulated.cosine, "euclid": r.accumulated.euclid_similarity,
-                                          "sqnr_db": r.accumulated.sqnr_db}))
-    report = check_layers(observations, gates)
-    bounds = {r.name: layer_bounds(r.name, gates) or {} for r in rows}
-    # Every layer's own cosine bound (None: not gated), as exact (escaped) names for the divergence rule.
-    tolerances = ToleranceSet(default=Tolerance(), overrides=tuple(
-        (glob.escape(n), Tolerance(cosine=b["cosine"].value if "cosine" in b else None)) for n, b in bounds.items()))
-    divergence = run.layerwise.first_divergent_layer(tolerances)
-    first = None
-    summary = report.summary
+    result = run.layerwise
+    divergence = result.first_divergent_layer()
+    first, remedy, text = None, None, None
     if divergence is not None:
-        remedy = layer_remedy(stages.profile, divergence.node_name, divergence.name)
-        first = {"name": divergence.name, "node_name": divergence.node_name, "op_type": divergence.op_type,
-                 "index": divergence.index, "acc_cosine": divergence.accumulated.cosine,
-                 "local_cosine": divergence.local.cosine if divergence.local else None,
-                 "inherited_cosine": divergence.inherited, "bound": divergence.bound, "reason": divergence.reason,
-                 "remedy": remedy}
-        if not summary.passed:
-            summary = _with_message(summary, f"{summary.message}; {divergence.describe()}", remedy)
-    failed_layers = {v.subject for v in report.failed}
+        remedy = divergence_remedy(stages.profile, divergence)
+        text = divergence.describe()
+        first = divergence_record(divergence, remedy)
+    report = check_layers([r.verdict for r in result.rows if r.verdict is not None], first_divergent=text,
+                          remedy=remedy)
     layer_rows = []
-    for r in run.layerwise.to_records():
-        b = bounds[r["name"]]
-        layer_rows.append({**{k: r[k] for k in ("index", "name", "node_name", "op_type")},
-                           **{k: r[k] for k in r if k.startswith(("acc_", "local_")) and "nonfinite" not in k
+    for row, rec in zip(result.rows, result.to_records()):
+        tol = row.verdict.tolerance if row.verdict is not None else None
+        bounds = {} if tol is None or tol.skip else tol.values()
+        layer_rows.append({**{k: rec[k] for k in ("index", "name", "node_name", "op_type")},
+                           **{k: rec[k] for k in rec if k.startswith(("acc_", "local_")) and "nonfinite" not in k
                               and "nmse" not in k},
-                           "cosine_min": b["cosine"].value if "cosine" in b else None,
-                           "euclid_min": b["euclid"].value if "euclid" in b else None,
-                           "sqnr_db_min": b["sqnr_db"].value if "sqnr_db" in b else None,
-                           "passed": r["name"] not in failed_layers})
-    sections = {"layers": layer_rows, "first_divergent": first, "histograms": _histograms(stages, rows),
+                           **{layer_key(m): bounds.get(m) for m in LAYER_METRICS},
+                           "skipped": bool(tol is not None and tol.skip),
+                           "passed": row.passed, "failures": rec["failures"]})
+    sections = {"layers": layer_rows, "first_divergent": first, "histograms": _histograms(stages, result.rows),
                 "timing_s": dict(stages.timing)}
-    return CheckResult("layerwise", [summary], sections=sections)
+    return CheckResult("layerwise", [report.summary], sections=sections)
 
 
 def _histograms(stages: SuiteStages, rows: list[Any]) -> list[dict[str, Any]]:

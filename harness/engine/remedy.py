@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import json
 
+from typing import Any
+
+from harness.compare.attribution import Divergence
 from harness.quant.profiles import Profile
 
 
@@ -44,3 +47,29 @@ def layer_remedy(profile: Profile, node_name: str, tensor: str) -> str:
     else:
         tool = f"{name}: keep {node_name} in float (TFLite: leave the op unquantized with the float fallback)"
     return f"{tool}; to confirm here first: {suite_key}"
+
+
+def divergence_remedy(profile: Profile, div: Divergence) -> str:
+    """The remedy for the first divergent layer: keep the layer that caused it in higher precision, or, for a
+    drift, say that no single layer will fix it."""
+    if div.reason == "nonfinite":
+        return (f"NaN/Inf first appear at {div.cause}; the finite check says whether fp32 already makes them "
+                "(then fix the model or its input), else the quantised arithmetic overflows there")
+    if div.cause_node is None:
+        return (f"the error accumulates over many layers (from {div.drift_start!r} to {div.name!r}), so keeping one "
+                "layer in float will not fix it: try another calibration method ([quant] activation_method), "
+                "per-channel weights, or higher-precision activations; or relax the bound in [gates.layer_overrides] "
+                "if the loss is accepted")
+    return layer_remedy(profile, div.cause_node, div.cause_output or div.name)
+
+
+def divergence_record(div: Divergence, remedy: str) -> dict[str, Any]:
+    """The ``first_divergent`` object of results.json (docs/results.md)."""
+    return {"name": div.name, "node_name": div.node_name, "op_type": div.op_type, "index": div.index,
+            "metric": div.metric, "observed": div.observed, "bound": div.bound, "bound_source": div.bound_source,
+            "inherited": div.inherited, "inherited_from": div.inherited_from, "reason": div.reason,
+            "cause": {"node": div.cause_node, "op_type": div.cause_op_type, "tensor": div.cause_tensor,
+                      "output": div.cause_output, "local": div.cause_local, "folded_batchnorm": div.folded_from},
+            "drift_start": div.drift_start, "largest_step": div.largest_step,
+            "acc_cosine": div.accumulated.cosine, "local_cosine": div.local.cosine if div.local else None,
+            "description": div.describe(), "remedy": remedy}

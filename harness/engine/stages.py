@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import onnx
 
-from harness.compare.layerwise import LayerwiseComparison, LayerwiseResult, predecessor_map
+from harness.compare.layerwise import LayerwiseComparison, LayerwiseResult, layer_regions
 from harness.data import ImageMeta
 from harness.engine.data import SuiteData, load_suite_data
 from harness.engine.finite import NonfiniteCounter, blame_nonfinite_outputs
@@ -147,8 +147,14 @@ class SuiteStages:
         return self.suite.quant.resolve()
 
     @cached_property
+    def _folding(self) -> tuple[onnx.ModelProto, dict[str, str]]:
+        model, pairs = fold_batchnorm(self.model.proto)
+        return model, {p.node: p.batchnorm for p in pairs}
+
+    @cached_property
     def folded(self) -> onnx.ModelProto:
-        return fold_batchnorm(self.model.proto)[0]
+        """The model with every BatchNormalization folded into its Conv/Gemm (which keeps its node name)."""
+        return self._folding[0]
 
     @cached_property
     def layers(self) -> list[TensorInfo]:
@@ -277,15 +283,23 @@ class SuiteStages:
             return qdq.dequantized_tensors[tensor]
         return next((v for (t, _), v in sorted(qdq.edge_dequantized.items()) if t == tensor), None)
 
+    def _sites(self) -> dict[tuple[str, str], str]:
+        """Every activation quantisation site of the QDQ model -> its dequantised tensor."""
+        qdq = self.quantized.qdq
+        return {**{(t, ALL_CONSUMERS): d for t, d in qdq.dequantized_tensors.items()}, **qdq.edge_dequantized}
+
     @cached_property
     def quant_probe(self) -> QuantProbeRun:
         start = time.perf_counter()
         probe, qdq = self.probe, self.quantized.qdq
         local = {t.name: d for t in self.layers if (d := self._dequantized_name(t.name)) is not None}
-        taps = [t.name for t in self.layers] + sorted(set(local.values()))
+        sites = self._sites()
+        taps = list(dict.fromkeys([t.name for t in self.layers] + sorted({t for t, _ in sites} - {self.input_name})
+                                  + sorted(set(local.values()) | set(sites.values()))))
         runner = mode_runner(qdq, "simulate", taps=taps, threads=self.threads)
         kernels = mode_session(qdq, "int8-kernels", threads=self.threads)
-        comparison = LayerwiseComparison(self.layers, predecessors=predecessor_map(self.folded, self.layers))
+        comparison = LayerwiseComparison(self.layers, tolerances=self.suite.gates.layers,
+                                         regions=layer_regions(self.folded, self.layers), folded=self._folding[1])
         out_names = list(probe.outputs)
         outputs: dict[str, list[np.ndarray]] = {}
         kernel_outputs: dict[str, list[np.ndarray]] = {}
@@ -299,6 +313,9 @@ class SuiteStages:
                 comparison.update_accumulated(t.name, probe.layers[t.name][i], values[t.name])
                 if t.name in local:
                     comparison.update_local(t.name, values[t.name], values[local[t.name]])
+            for (tensor, consumer), dq in sites.items():
+                comparison.update_site(tensor, consumer, x if tensor == self.input_name else values[tensor],
+                                       values[dq])
             for name in out_names:
                 outputs.setdefault(name, []).append(np.array(values[name]))
             for name, value in zip(out_names, kernels.run(out_names, {self.input_name: x})):

@@ -66,8 +66,12 @@ def _first_divergent(suite: Mapping[str, Any]) -> str:
     fd = suite.get("first_divergent")
     if not isinstance(fd, Mapping):
         return DASH if suite.get("layers") else '<span class="small">not run</span>'
+    cause = fd.get("cause") if isinstance(fd.get("cause"), Mapping) else {}
+    why = (f"cause {esc(cause.get('node'))}" if cause.get("node") and cause.get("node") != fd.get("node_name")
+           else esc(fd.get("reason")))
     return (f'<span class="name">{esc(fd.get("name"))}</span> <small>{esc(fd.get("op_type"))} '
-            f"#{esc(num(fd.get('index'), 'd'))}, cos {esc(num(fd.get('acc_cosine'), '.4f'))}</small>")
+            f"#{esc(num(fd.get('index'), 'd'))}, {esc(fd.get('metric') or 'cosine')} "
+            f"{esc(num(fd.get('observed', fd.get('acc_cosine')), '.4g'))}; {why}</small>")
 
 
 def _failed_checks(suite: Mapping[str, Any]) -> str:

@@ -57,9 +57,10 @@ def _cos_key(row: Mapping[str, Any]) -> float:
 
 
 def worst_layers_table(layers: Sequence[Mapping[str, Any]], first_divergent: Mapping[str, Any] | None) -> str:
-    """The lowest accumulated cosines, with the local error beside them (is the loss made here or inherited?)."""
+    """The failing layers first, then the lowest accumulated cosines, with the local error beside them (is the
+    loss made here or inherited?) and, for a failing row, the bound it failed (not only cosine's)."""
     fd_name = (first_divergent or {}).get("name")
-    worst = sorted(layers, key=_cos_key)[:WORST_LAYERS]
+    worst = sorted(layers, key=lambda r: (r.get("passed") is not False, _cos_key(r)))[:WORST_LAYERS]
     rows, classes = [], []
     for r in worst:
         name = esc(r.get("name"))
@@ -69,32 +70,62 @@ def worst_layers_table(layers: Sequence[Mapping[str, Any]], first_divergent: Map
         local_cell = esc(num(local, ".5f"))
         if local is not None and bound is not None and local < bound:  # this tensor itself loses the signal
             local_cell = f'<b class="bad-t">{local_cell} \u2717</b>'
+        failures = str(r.get("failures") or "")
+        gate = pass_mark(r.get("passed")) + (f' <small>{esc(failures)}</small>' if failures else "")
         rows.append([esc(num(r.get("index"), "d")), f'<span class="name">{name}</span>', esc(r.get("op_type")),
                      esc(num(r.get("acc_cosine"), ".5f")), local_cell,
                      esc(num(r.get("acc_sqnr_db"), ".1f")), esc(num(r.get("local_sqnr_db"), ".1f")),
-                     esc(num(r.get("acc_euclid_similarity"), ".4f")), esc(num(r.get("cosine_min"), ".4g")),
-                     pass_mark(r.get("passed"))])
+                     esc(num(r.get("acc_euclid_similarity"), ".4f")), esc(_bounds_text(r)), gate])
         classes.append("fail" if r.get("passed") is False else "")
     return table(["#", "tensor", "op", "acc cosine", "local cosine", "acc SQNR dB", "local SQNR dB",
-                  "acc euclid", "cosine_min", "gate"], rows, cls="num-cols", row_classes=classes)
+                  "acc euclid", "bounds", "gate"], rows, cls="num-cols", row_classes=classes)
+
+
+def _bounds_text(row: Mapping[str, Any]) -> str:
+    if row.get("skipped"):
+        return "skipped"
+    parts = [f"{label} {op} {num(row.get(key), '.4g')}" for key, label, op in
+             (("cosine_min", "cos", ">="), ("euclid_min", "euclid", ">="), ("sqnr_db_min", "SQNR", ">="),
+              ("max_abs_max", "max abs", "<=")) if row.get(key) is not None]
+    return ", ".join(parts) or "\u2014"
+
+
+_REASONS = {
+    "jump": "the error appears inside this layer's own computation (its quantised weights or arithmetic)",
+    "quantization": "the error appears here, caused by the int8 quantisation of a tensor it reads",
+    "drift": "the error accumulated gradually over many layers; no single layer explains it",
+    "nonfinite": "the first tensor holding NaN/Inf values",
+}
 
 
 def first_divergent_html(fd: Mapping[str, Any] | None, *, any_failed: bool = False) -> str:
-    """The first divergent layer, why it was chosen, and the profile-specific remedy."""
+    """The first divergent layer, what caused it, and the profile-specific remedy."""
     if not fd:
         if any_failed:
             return '<p class="small">No first divergent layer was recorded, although some layers failed a gate.</p>'
         return '<p class="small">No divergent layer: every gated tensor is within its bounds.</p>'
-    reason = {"local": "its own quantization step is below the bound",
-              "jump": "the accumulated cosine drops sharply here",
-              "drift": "the accumulated error crosses the bound here"}.get(str(fd.get("reason")), fd.get("reason"))
+    cause = fd.get("cause") if isinstance(fd.get("cause"), Mapping) else {}
+    reason = _REASONS.get(str(fd.get("reason")), str(fd.get("reason")))
+    metric = fd.get("metric") or "cosine"
+    cause_html = ""
+    if cause.get("node"):
+        folded = f" (BatchNormalization {esc(cause.get('folded_batchnorm'))} folded in)" \
+            if cause.get("folded_batchnorm") else ""
+        cause_html = (f'<br>cause: {esc(cause.get("op_type"))} <span class="name">{esc(cause.get("node"))}</span>'
+                      f"{folded}" + (f', quantisation of <span class="name">{esc(cause.get("tensor"))}</span>'
+                                     if cause.get("tensor") else ""))
+    elif fd.get("drift_start"):
+        cause_html = (f'<br>drift from <span class="name">{esc(fd.get("drift_start"))}</span>; largest step at '
+                      f'<span class="name">{esc(fd.get("largest_step"))}</span>')
     return (
         '<div class="callout"><b>First divergent layer:</b> '
         f'<span class="name">{esc(fd.get("name"))}</span> ({esc(fd.get("op_type"))}, node '
         f'<span class="name">{esc(fd.get("node_name"))}</span>, index {esc(num(fd.get("index"), "d"))})<br>'
-        f"accumulated cosine {esc(num(fd.get('acc_cosine'), '.5f'))}, local {esc(num(fd.get('local_cosine'), '.5f'))}, "
-        f"inherited {esc(num(fd.get('inherited_cosine'), '.5f'))}, bound {esc(num(fd.get('bound'), '.4g'))}"
-        f" \u2014 {esc(reason)}"
+        f"{esc(metric)} {esc(num(fd.get('observed'), '.5g'))} against bound {esc(num(fd.get('bound'), '.4g'))} "
+        f"<small>({esc(fd.get('bound_source'))})</small>; inputs {esc(num(fd.get('inherited'), '.5g'))}"
+        f"{' at ' + esc(fd.get('inherited_from')) if fd.get('inherited_from') else ''}; accumulated cosine "
+        f"{esc(num(fd.get('acc_cosine'), '.5f'))}, local {esc(num(fd.get('local_cosine'), '.5f'))}"
+        f" \u2014 {esc(reason)}{cause_html}"
         + (f'<pre class="remedy">{esc(fd.get("remedy"))}</pre>' if fd.get("remedy") else "")
         + "</div>"
     )
