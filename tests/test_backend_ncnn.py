@@ -200,6 +200,8 @@ def test_int8_model_with_int8_inference_off_is_refused(tiny):
     with pytest.raises(ConfigError) as info:
         NcnnRunner(work / "model.int8.param", work / "model.int8.bin", options=NcnnOptions(use_int8_inference=False))
     assert "use_int8_inference" in str(info.value) and "crashes" in str(info.value)
+    with pytest.raises(ConfigError, match="use_int8_inference"):
+        load_ncnn_model(work / "model.int8.param", work / "model.int8.bin", int8_inference=False)
 
 
 def test_non_contiguous_inputs_are_read_in_their_logical_order(tiny):

@@ -42,17 +42,23 @@ log = logging.getLogger(__name__)
 
 @register_backend
 class NcnnBackend(Backend):
-    """ncnn int8 (or fp32 without a plan). Options: ``threads``; ``winograd``/``sgemm``/``packing``
-    (ncnn's kernel choices, on by default as in ncnn); ``six_bit`` (31/absmax weight scales on the
-    layers ncnn2table gives them: 3x3 stride-1 dilation-1 Convolution, never depthwise); ``fuse_requantize`` (ncnn2int8's fusion);
-    ``seed`` of the random input that maps blobs to tensors."""
+    """ncnn int8 (or fp32 without a plan).
+
+    Options: ``threads``; ``winograd``/``sgemm``/``packing`` (ncnn's kernel choices, on by default as
+    in ncnn); ``six_bit`` (31/absmax weight scales on the layers ncnn2table gives them: 3x3 stride-1
+    dilation-1 Convolution, never depthwise); ``fuse_requantize`` (ncnn2int8's fusion);
+    ``int8_inference`` (ncnn's ``use_int8_inference``: an int8 model is refused without it); ``seed``
+    of the random input that maps blobs to tensors.
+    """
 
     name: ClassVar[str] = "ncnn"
     description: ClassVar[str] = "Tencent ncnn (pnnx export, ncnn Python runtime, int8 as ncnn2int8 writes it)"
 
     def __init__(self, *, threads: int = 1, winograd: bool = True, sgemm: bool = True, packing: bool = True,
-                 six_bit: bool = False, fuse_requantize: bool = True, seed: int = 0) -> None:
-        self.options = NcnnOptions(threads=threads, winograd=winograd, sgemm=sgemm, packing=packing)
+                 six_bit: bool = False, fuse_requantize: bool = True, int8_inference: bool = True,
+                 seed: int = 0) -> None:
+        self.options = NcnnOptions(threads=threads, winograd=winograd, sgemm=sgemm, packing=packing,
+                                   use_int8_inference=int8_inference)
         self.six_bit = six_bit
         self.fuse_requantize = fuse_requantize
         self.seed = seed
@@ -196,10 +202,9 @@ def load_ncnn_model(param: str | Path, binary: str | Path, *, table: str | Path 
         code_blobs = backend.int8.code_blobs
     elif graph.is_int8:
         code_blobs = _code_blobs_of_int8(graph, binary.read_bytes())
-    backend.runner = backend.fp32 = NcnnRunner(param, binary, options=backend.options, code_blobs=code_blobs,
-                                               graph=graph)
-    if table is not None or graph.is_int8:
-        backend.fp32 = None  # an int8 file has no fp32 twin here
+    runner = NcnnRunner(param, binary, options=backend.options, code_blobs=code_blobs, graph=graph)
+    backend.runner = runner
+    backend.fp32 = None if graph.is_int8 else runner  # an int8 file has no fp32 twin here
     tensors = [t.name for t in tensor_list(reference, include_inputs=True)] if reference is not None else \
         graph.blob_names
     names = match_names(graph, tensors)

@@ -128,14 +128,20 @@ def quantize_graph(graph: NcnnGraph, data: bytes, scales: Mapping[str, LayerScal
         raise ConfigError("Got an ncnn model that is already int8 (int8_scale_term set) and scales to apply",
                           expected="an fp32 ncnn model to quantise", remedy="pass the fp32 .param/.bin, or run "
                           "the int8 model without a table")
-    unknown = sorted(set(scales) - {layer.name for layer in graph.layers if layer.type in INT8_LAYER_TYPES})
+    types = {layer.name: layer.type for layer in graph.layers}
+    unknown = sorted(set(scales) - set(types))
     if unknown:
-        raise ConfigError(f"Got scales for {len(unknown)} layer(s) the ncnn model has no int8 layer of, e.g. "
-                          f"{unknown[:3]}", expected="names of Convolution, ConvolutionDepthWise or InnerProduct "
-                          "layers of the .param", remedy="check that the table was made for this .param")
+        raise ConfigError(f"Got scales for {len(unknown)} layer(s) the ncnn model does not have, e.g. {unknown[:3]}",
+                          expected="layer names of the .param (ncnn2table keys its lines by them)",
+                          remedy="check that the table was made for this .param")
     spans = layer_spans(graph, data)
     layers = [NcnnLayer(l.type, l.name, list(l.bottoms), list(l.tops), dict(l.params)) for l in graph.layers]
     out = Int8Model(NcnnGraph(layers), b"")
+    other = sorted(name for name in scales if types[name] not in INT8_LAYER_TYPES)
+    if other:  # newer ncnn2table versions also write e.g. Gemm or MultiHeadAttention scales
+        out.notes.append(f"scales for {len(other)} layer(s) of types this writer does not quantise stay unused: "
+                         f"{other[:3]}")
+        scales = {name: s for name, s in scales.items() if name not in other}
     weight_scales: dict[str, np.ndarray] = {}
     for layer in layers:
         if layer.name not in scales:
