@@ -265,4 +265,4 @@ def test_pseudo_ground_truth_is_stated() -> None:
     results["suites"][0]["metrics"] = {"headline": "map", "names": ["map"], "fp32": {"map": 1.0},
                                        "quantized": {"map": 0.9}, "pseudo_ground_truth": True}
     html = render_html(results)
-    assert "pseudo ground truth" in html and "labels = fp32 predictions" in html
+    assert "pseudo ground truth" in html and "agreement with fp32's own predictions" in html

@@ -108,7 +108,11 @@ def _row(e: dict[str, Any]) -> dict[str, Any]:
     first = e.get("first_divergent") or {}
     worst = min((r for r in e.get("layers", []) if r.get("acc_cosine") is not None),
                 key=lambda r: r["acc_cosine"], default=None)
+    gate = next((v for c in e.get("checks") or [] for v in c.get("verdicts") or []
+                 if v.get("check") == "metric" and v.get("subject") == head), None)
     return {"suite": e["name"], "profile": e["profile"], "status": e["status"], "metric": head,
+            "scored_against": ("fp32" if m.get("pseudo_ground_truth") else "labels") if m else None,
+            "n_images": m.get("n_images"), "gate": gate,
             "fp32": (m.get("fp32") or {}).get(head), "quantized": (m.get("quantized") or {}).get(head),
             "difference": diff.get("value"), "ci": [diff.get("ci_low"), diff.get("ci_high")],
             "worst_layer": worst["name"] if worst else None,
@@ -120,16 +124,30 @@ def _num(v: Any, fmt: str = ".4f") -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def metric_label(r: dict[str, Any]) -> str:
+    """``map vs labels (300)`` / ``top1 agreement with fp32 (16)``: what the number measures, on how many images."""
+    if not r["metric"]:
+        return "-"
+    n = f" ({r['n_images']})" if r.get("n_images") else ""
+    if r.get("scored_against") == "fp32":
+        return f"{r['metric']} agreement with fp32{n}"
+    return f"{r['metric']} vs labels{n}"
+
+
 def summary_table(entries: list[dict[str, Any]]) -> str:
-    """Plain-text table: suite, profile, fp32, int8, difference [interval], worst layer, verdict."""
-    rows = [("suite", "profile", "metric", "fp32", "int8", "fp32-int8 [95% CI]", "worst layer (cos)", "verdict")]
+    """Plain-text table: suite, profile, what is scored, fp32, int8, difference [interval], the gate with its
+    bound and margin, worst layer, verdict."""
+    from harness.report.fmt import gate_text
+
+    rows = [("suite", "profile", "metric", "fp32", "int8", "fp32-int8 [95% CI]", "gate (bound, margin)",
+             "worst layer (cos)", "verdict")]
     for e in entries:
         r = _row(e)
         ci = r["ci"]
         diff = _num(r["difference"], "+.4f") + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci[0] is not None else "")
         worst = "-" if r["worst_layer"] is None else f"{_short(r['worst_layer'])} ({r['worst_cosine']:.4f})"
-        rows.append((r["suite"], r["profile"], r["metric"] or "-", _num(r["fp32"]), _num(r["quantized"]), diff,
-                     worst, r["status"].upper()))
+        rows.append((r["suite"], r["profile"], metric_label(r), _num(r["fp32"]), _num(r["quantized"]), diff,
+                     gate_text(r["gate"]) or "-", worst, r["status"].upper()))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

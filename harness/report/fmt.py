@@ -122,3 +122,25 @@ def get_dict(mapping: Mapping[str, Any] | None, key: str) -> dict[str, Any]:
     """``mapping[key]`` when it is an object, else an empty dict."""
     value = (mapping or {}).get(key)
     return value if isinstance(value, dict) else {}
+
+
+def headline_gate(suite: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The metric verdict on the suite's headline metric (a results.json verdict object), if one was gated."""
+    metrics = suite.get("metrics")
+    head = metrics.get("headline") if isinstance(metrics, Mapping) else None
+    for check in suite.get("checks") or []:
+        for v in (check.get("verdicts") or []) if isinstance(check, Mapping) else []:
+            if isinstance(v, Mapping) and v.get("check") == "metric" and v.get("subject") == head:
+                return v
+    return None
+
+
+def gate_text(gate: Mapping[str, Any] | None) -> str | None:
+    """The gated quantity beside its bound and margin: ``drop 0.2500 <= 0.3125 (margin +0.0625)``."""
+    if not gate or gate.get("observed") is None or gate.get("bound") is None:
+        return None
+    what = str(gate.get("gate", "")).rsplit(".", 1)[-1]
+    what = {"drop_max_rel": "relative drop", "drop_max": "drop"}.get(what, what)
+    observed, bound = float(gate["observed"]), float(gate["bound"])
+    margin = bound - observed if gate.get("op") == "<=" else observed - bound
+    return f"{what} {observed:.4f} {gate.get('op')} {bound:.4g} (margin {margin:+.4f})"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from harness.report.fmt import (DASH, STATUS_RANK, as_float, badge, esc, get_dict, interval, is_bad, num, slug,
+from harness.report.fmt import (DASH, gate_text, headline_gate, STATUS_RANK, as_float, badge, esc, get_dict, interval, is_bad, num, slug,
                                 status_of)
 
 
@@ -89,10 +89,18 @@ def summary_table(suites: Sequence[Mapping[str, Any]]) -> str:
             metric, delta = '<span class="small">not run</span>', DASH
         else:
             metric = f"{esc(name)}: {esc(num(fp32))} \u2192 {esc(num(quant))}"
+            n = get_dict(suite, "metrics").get("n_images")
+            images = f" on {esc(num(n, 'd'))} images" if n is not None else ""
             if get_dict(suite, "metrics").get("pseudo_ground_truth") is True:
-                metric += "<br><small>labels = fp32 predictions</small>"
+                metric += f"<br><small>agreement with fp32's own predictions{images}, not accuracy</small>"
+            else:
+                metric += f"<br><small>against the dataset's labels{images}</small>"
             ci = interval(diff.get("ci_low"), diff.get("ci_high"))
             delta = esc(num(diff.get("value"), signed=True)) + (f"<br><small>{esc(ci)}</small>" if ci else "")
+            gate = headline_gate(suite)
+            text = gate_text(gate)
+            if text and gate is not None:
+                delta += f'<br><small title="{esc(gate.get("source"))}">gate: {esc(text)}</small>'
         anchor = slug(suite.get("name"), index)
         css = ' class="fail"' if is_bad(suite) else ""
         rows.append(
