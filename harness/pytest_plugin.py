@@ -25,7 +25,7 @@ import pytest
 from harness.engine import SuiteOutcome, run_suite
 from harness.engine.checks import run_check
 from harness.engine.results import (
-    ITEM_CHECKS, CheckResult, build_results, items_for, read_previous, suite_entry, write_results,
+    ITEM_CHECKS, CheckResult, build_results, error_entry, error_record, items_for, read_previous, suite_entry, write_results,
 )
 from harness.engine.stages import SuiteStages
 from harness.errors import HarnessError
@@ -124,11 +124,12 @@ class SuiteFile(pytest.File):
 class SuiteCheckFailed(Exception):
     """A check's gates failed; carries the result for the failure report."""
 
-    def __init__(self, result: CheckResult, headline: str, remedy: str) -> None:
+    def __init__(self, result: CheckResult, headline: str, remedy: str, *, details: list[str] | None = None) -> None:
         super().__init__(headline)
         self.result = result
         self.headline = headline
         self.remedy = remedy
+        self.details = details or []
 
 
 class SuiteItem(pytest.Item):
@@ -152,9 +153,13 @@ class SuiteItem(pytest.Item):
                                                "detected: check the gate bounds, or set expect = 'pass'")
         if result.error is not None:
             exc = result.error
-            expected = f" (expected {exc.expected})" if exc.expected else ""
-            raise SuiteCheckFailed(result, f"{self.check} could not run: {exc.what}{expected}",
-                                   exc.remedy or "see the message above")
+            if isinstance(exc, HarnessError):
+                expected = f" (expected {exc.expected})" if exc.expected else ""
+                raise SuiteCheckFailed(result, f"{self.check} could not run: {exc.what}{expected}",
+                                       exc.remedy or "see the message above")
+            record = error_record(exc)
+            raise SuiteCheckFailed(result, f"{self.check} crashed: {record['message']}", record["remedy"],
+                                   details=record["traceback"].rstrip().splitlines())
         failed = [v for v in result.verdicts if not v.passed]
         if failed and suite.expect == "fail":
             # Another check of a suite that exists to show one defect: failing too is a consequence of it.
@@ -166,7 +171,7 @@ class SuiteItem(pytest.Item):
         exc = excinfo.value
         if not isinstance(exc, SuiteCheckFailed):
             return super().repr_failure(excinfo, style=style)
-        lines = [exc.headline, f"remedy: {exc.remedy}"]
+        lines = [exc.headline, f"remedy: {exc.remedy}", *exc.details]
         failed = [v for v in exc.result.verdicts if not v.passed][1:]
         lines += [f"also: {v.message}" for v in failed[:5]]
         lines += _worst_layers(exc.result)
@@ -226,7 +231,13 @@ class _ResultsWriter:
             by_file.setdefault(p["suite_file"], []).append(p)
         results_path = report_dir / "results.json"
         previous = read_previous(results_path)
-        entries = [suite_entry(load_suite(path), items, previous) for path, items in sorted(by_file.items())]
+        entries = []
+        for path, items in sorted(by_file.items()):
+            suite = load_suite(path)
+            try:
+                entries.append(suite_entry(suite, items, previous))
+            except Exception as exc:  # noqa: BLE001 - one suite's broken entry must not lose the others
+                entries.append(error_entry(suite, exc, previous))
         command = "pytest " + " ".join(shlex.quote(a) for a in config.invocation_params.args)
         results = build_results(entries, command=command, previous=previous,
                                 previous_path=results_path if previous else None, skipped=self.skipped)

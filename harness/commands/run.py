@@ -1,20 +1,24 @@
 """``quant-harness run``: run suites, print a summary table, write ``results.json`` and the HTML report.
 
-The same engine as the pytest plugin (``harness.engine``), run in this process suite after suite. The exit
-status is 0 when every suite's outcome is as expected (strict expected failures included), 1 otherwise, and
-2 for a usage error (a bad suite file), so CI can gate on it directly.
+The same engine as the pytest plugin (``harness.engine``), run in this process suite after suite. A suite that
+raises (a harness defect, onnxruntime failing on the model the harness built) is that suite's ``error``, with the
+exception in its results entry and the traceback in the log; the other suites still run and are reported. The
+exit status is 0 when every suite's outcome is as expected (strict expected failures included), 1 otherwise,
+and 2 for a usage error (a bad suite file), so CI can gate on it directly.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 DEFAULT_SUITES_DIR = Path("suites")
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,7 +51,7 @@ def find_suites(paths: list[Path]) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     from harness.engine import run_suite
-    from harness.engine.results import build_results, display_path, read_previous, write_results
+    from harness.engine.results import build_results, display_path, error_entry, read_previous, write_results
     from harness.suite import SuiteUnavailable, load_suite
 
     paths = find_suites(args.suites)
@@ -69,13 +73,16 @@ def run(args: argparse.Namespace) -> int:
     for i, suite in enumerate(suites, start=1):
         progress = _Progress(f"[{i}/{len(suites)}] {suite.name}", disabled=args.quiet or args.json)
         try:
-            outcome = run_suite(suite, golden_root=args.golden_dir, golden_update=args.golden_update,
-                                threads=args.threads, progress=progress, previous=previous)
+            entry = run_suite(suite, golden_root=args.golden_dir, golden_update=args.golden_update,
+                              threads=args.threads, progress=progress, previous=previous).entry
+        except Exception as exc:  # noqa: BLE001 - a crash is this suite's error; the other suites still report
+            log.error("suite %s crashed: %s", suite.name, exc, exc_info=True)
+            entry = error_entry(suite, exc, previous)
         finally:
             progress.close()
-        entries.append(outcome.entry)
+        entries.append(entry)
         if not (args.quiet or args.json):
-            print(f"[{i}/{len(suites)}] {suite.name}: {outcome.status}", file=sys.stderr)
+            print(f"[{i}/{len(suites)}] {suite.name}: {entry['status']}", file=sys.stderr)
     command = "quant-harness run " + " ".join(shlex.quote(str(a)) for a in sys.argv[2:])
     results = build_results(entries, command=command.strip(), previous=previous,
                             previous_path=results_path if previous else None, skipped=skipped)

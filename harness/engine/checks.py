@@ -8,6 +8,7 @@ check's ``error``: the item fails with that message and nothing is overwritten.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import replace
@@ -29,6 +30,7 @@ from harness.gates import (LAYER_METRICS, Bound, Verdict, check_drop, check_laye
                            layer_key, remedy_for)
 from harness.leakage import find_leakage
 
+log = logging.getLogger(__name__)
 _FP16_HALF_ULP = 2.0 ** -11  # relative rounding of a float16 dump
 _HIST_LAYERS = 4
 _HIST_BINS = 64
@@ -371,8 +373,12 @@ CHECK_FUNCTIONS: dict[str, Callable[[SuiteStages], CheckResult]] = {
 
 
 def run_check(stages: SuiteStages, item: str) -> CheckResult:
-    """Run one item; a HarnessError becomes the result's ``error`` (the item fails with its message)."""
+    """Run one item; a HarnessError becomes the result's ``error`` (the item fails with its message), and so
+    does any other exception (logged with its traceback): one crashing check never takes the run down."""
     try:
         return CHECK_FUNCTIONS[item](stages)
     except HarnessError as exc:
+        return CheckResult(item, error=exc)
+    except Exception as exc:  # noqa: BLE001 - a harness defect: reported as this check's error
+        log.error("suite %s: check %s raised %s", stages.suite.name, item, type(exc).__name__, exc_info=True)
         return CheckResult(item, error=exc)

@@ -10,11 +10,13 @@ the whole run, and :func:`write_results` writes the file atomically.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
 import sys
 import tempfile
+import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,6 +28,7 @@ from harness.gates import Verdict, resolve_expectation
 from harness.suite import Suite
 
 FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
 #: pytest items of a suite, in run order, and the verdict checks each one carries.
 ITEM_CHECKS: dict[str, tuple[str, ...]] = {
     "leakage": ("leakage",),
@@ -52,11 +55,16 @@ def item_of_check(check: str) -> str:
 
 @dataclass
 class CheckResult:
-    """One item's outcome: verdicts, or the error that kept it from running, and its report sections."""
+    """One item's outcome: verdicts, or the error that kept it from running, and its report sections.
+
+    ``error`` is a :class:`HarnessError` (the user can fix it) or any other exception (a harness defect, or
+    onnxruntime failing on a model the harness built); either way the suite is an ``error``, and the other
+    suites of the run are still reported.
+    """
 
     item: str
     verdicts: list[Verdict] = field(default_factory=list)
-    error: HarnessError | None = None
+    error: Exception | None = None
     sections: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -64,10 +72,30 @@ class CheckResult:
         return self.error is None and all(v.passed for v in self.verdicts)
 
     def to_dict(self) -> dict[str, Any]:
-        error = None if self.error is None else {"type": type(self.error).__name__, "message": str(self.error),
-                                                 "remedy": self.error.remedy}
         return {"item": self.item, "passed": self.passed, "verdicts": [v.to_dict() for v in self.verdicts],
-                "error": error}
+                "error": None if self.error is None else error_record(self.error)}
+
+    def payload(self, suite: Suite) -> str:
+        """JSON text for the controller (pytest-xdist ``user_properties``), which reloads the suite file."""
+        return json.dumps(clean({"suite": suite.name, "suite_file": str(suite.path), "check": self.to_dict(),
+                                 "sections": self.sections}))
+
+
+#: Remedy of an exception that is not a HarnessError: nothing in the suite file explains it.
+INTERNAL_ERROR_REMEDY = ("this is a defect of the harness, not of the suite: report it with the suite file and the "
+                         "traceback in results.json (suites[].checks[].error.traceback)")
+_TRACEBACK_FRAMES = 6
+
+
+def error_record(exc: BaseException) -> dict[str, Any]:
+    """``{"type", "message", "remedy"}`` of a check's error, plus ``"traceback"`` (the innermost frames) for an
+    exception that is not a :class:`HarnessError`."""
+    if isinstance(exc, HarnessError):
+        return {"type": type(exc).__name__, "message": str(exc), "remedy": exc.remedy}
+    frames = traceback.format_list(traceback.extract_tb(exc.__traceback__)[-_TRACEBACK_FRAMES:])
+    return {"type": type(exc).__name__, "message": f"unexpected {type(exc).__name__}: {exc}",
+            "remedy": INTERNAL_ERROR_REMEDY,
+            "traceback": "".join(frames) + "".join(traceback.format_exception_only(type(exc), exc))}
 
     def payload(self, suite: Suite) -> str:
         """JSON text for the controller (pytest-xdist ``user_properties``), which reloads the suite file."""
@@ -102,15 +130,15 @@ def suite_status(suite: Suite, checks: Sequence[Mapping[str, Any]]) -> tuple[str
     verdicts = [_verdict_from_dict(v) for c in checks for v in c["verdicts"]]
     errors = [c for c in checks if c.get("error")]
     verdict = resolve_expectation(verdicts, expect=suite.expect, expect_reason=suite.expect_reason)
-    if suite.expect == "fail":
-        status = "xfailed" if verdict.passed else ("error" if errors else "xpassed")
-    elif errors:
+    if errors:  # a check that could not run is an error even where a failure is expected: it hid nothing less
         status = "error"
         first = errors[0]
         verdict = Verdict(check="suite", gate="expect", passed=False, observed=float(len(errors)), bound=0.0,
                           op="<=", source="harness: every check must run", least_passing=None,
                           message=f"{first['item']} could not run: {first['error']['message'].splitlines()[0]}",
                           remedy=first["error"].get("remedy") or "see the error message")
+    elif suite.expect == "fail":
+        status = "xfailed" if verdict.passed else "xpassed"
     else:
         status = "passed" if verdict.passed else "failed"
     return status, verdict
@@ -154,6 +182,24 @@ def suite_entry(suite: Suite, payloads: Iterable[Mapping[str, Any]],
     entry.update(status=status, outcome_ok=status in ("passed", "xfailed"), verdict=verdict.to_dict(),
                  checks=checks, previous=_previous_of(suite.name, previous))
     return clean(entry)
+
+
+def error_entry(suite: Suite, exc: Exception, previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``suites[]`` object of a suite whose run raised ``exc`` outside its checks (status ``error``): the
+    run goes on with the other suites, and this one is reported with the exception."""
+    payload = {"check": CheckResult("run", error=exc).to_dict(), "sections": {}}
+    try:
+        return suite_entry(suite, [payload], previous)
+    except Exception:  # noqa: BLE001 - building the entry may be what failed: report the bare minimum
+        log.exception("could not build the results entry of suite %s", suite.name)
+        verdict = {"check": "suite", "gate": "expect", "passed": False, "observed": 1.0, "bound": 0.0, "op": "<=",
+                   "source": "harness: every check must run", "least_passing": None,
+                   "message": f"suite {suite.name} crashed: {payload['check']['error']['message']}",
+                   "remedy": INTERNAL_ERROR_REMEDY, "subject": None, "details": {}}
+        return clean({"name": suite.name, "task": suite.task, "suite_file": display_path(suite.path),
+                      "profile": suite.quant.profile, "expect": suite.expect, "status": "error",
+                      "outcome_ok": False, "verdict": verdict, "checks": [payload["check"]], "layers": [],
+                      "metrics": None, "first_divergent": None, "golden": None, "previous": None})
 
 
 def _previous_of(name: str, previous: Mapping[str, Any] | None) -> dict[str, Any] | None:

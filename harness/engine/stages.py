@@ -8,7 +8,9 @@ suite (a suite's items run back to back in one process; see ``harness.pytest_plu
 from __future__ import annotations
 
 import base64
+import json
 import logging
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ from harness.model.graph import TensorInfo, tensor_list
 from harness.model.load import Model
 from harness.model.names import LayerNames
 from harness.model.runner import TapRunner
+from harness.model.session import BuiltModel
 from harness.quant import (
     ALL_CONSUMERS, QuantPlan, build_plan, fold_batchnorm, ncnn_table_to_plan, plan_to_ncnn_table,
     quantize_model, ranges_to_tpu_table, read_ncnn_table, read_tpu_calibration_table, tpu_table_to_ranges,
@@ -157,6 +160,17 @@ class SuiteStages:
         return self._folding[0]
 
     @cached_property
+    def qdq_source(self) -> BuiltModel:
+        """How errors name the QDQ model this suite builds, with the command that writes it to a file."""
+        suite = self.suite
+        images = suite.data.calibration or "<the suite's calibration images>"
+        sets = "".join(f" --set {shlex.quote(f'{k}={json.dumps(v)}')}" for k, v in suite.quant.override_dict.items())
+        inspect = (f"quant-harness calibrate {suite.model.path} --profile {suite.quant.profile}{sets} "
+                   f"--preprocess {suite.path} --images {images} --out ranges.json --qdq-out qdq.onnx")
+        return BuiltModel(what="the int8 simulation (QDQ) model", origin=str(suite.model.path),
+                          profile=self.profile.name, inspect=inspect)
+
+    @cached_property
     def layers(self) -> list[TensorInfo]:
         """Compared tensors in topological order (graph outputs included)."""
         return layer_tensors(self.folded)
@@ -178,17 +192,21 @@ class SuiteStages:
         if not probes:
             raise ConfigError(f"Suite {self.suite.name!r} has no probe images", expected="[data] probe_images >= 1",
                               remedy="set [data] probe_images = 1 or more")
-        runner = TapRunner(as_model(self.folded), taps=[t.name for t in self.layers], threads=self.threads)
+        # The user's model loads and runs first on each image: if it fails, the error is about it, and a
+        # failure of the folded copy after it is the harness's.
         plain = self.fp32_session
+        runner = TapRunner(as_model(self.folded), taps=[t.name for t in self.layers], threads=self.threads,
+                           source=BuiltModel(what="the BatchNorm-folded fp32 copy",
+                                             origin=str(self.suite.model.path)))
         names = [o.name for o in plain.get_outputs()]
         inputs, metas, layers, outputs = [], [], {}, {}
         for x, meta in self.data.inputs(probes):
             inputs.append(x)
             metas.append(meta)
-            for name, value in runner.run(x).items():
-                layers.setdefault(name, []).append(value)
             for name, value in zip(names, plain.run(names, {self.input_name: x})):
                 outputs.setdefault(name, []).append(value)
+            for name, value in runner.run(x).items():
+                layers.setdefault(name, []).append(value)
         self.timing["fp32_probe"] = time.perf_counter() - start
         return ProbeRun(np.concatenate(inputs), metas, layers, outputs)
 
@@ -296,8 +314,8 @@ class SuiteStages:
         sites = self._sites()
         taps = list(dict.fromkeys([t.name for t in self.layers] + sorted({t for t, _ in sites} - {self.input_name})
                                   + sorted(set(local.values()) | set(sites.values()))))
-        runner = mode_runner(qdq, "simulate", taps=taps, threads=self.threads)
-        kernels = mode_session(qdq, "int8-kernels", threads=self.threads)
+        runner = mode_runner(qdq, "simulate", taps=taps, threads=self.threads, source=self.qdq_source)
+        kernels = mode_session(qdq, "int8-kernels", threads=self.threads, source=self.qdq_source)
         comparison = LayerwiseComparison(self.layers, tolerances=self.suite.gates.layers,
                                          regions=layer_regions(self.folded, self.layers), folded=self._folding[1])
         out_names = list(probe.outputs)
@@ -331,7 +349,7 @@ class SuiteStages:
                               expected="task = detection or classification")
         start = time.perf_counter()
         fp32 = self.fp32_session
-        quant = mode_session(self.quantized.qdq, "simulate", threads=self.threads)
+        quant = mode_session(self.quantized.qdq, "simulate", threads=self.threads, source=self.qdq_source)
         names = [o.name for o in fp32.get_outputs()]
         samples = self.data.evaluation
         probes: list[dict[str, Any]] = []

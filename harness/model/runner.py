@@ -39,10 +39,10 @@ from typing import Literal
 import numpy as np
 import onnx
 
-from harness.errors import ConfigError, ModelRuntimeError
+from harness.errors import ConfigError
 from harness.model.graph import FLOAT_TYPES, TensorInfo, tensor_list
 from harness.model.load import Model
-from harness.model.session import Optimization, make_session
+from harness.model.session import Optimization, Source, make_session
 
 Feeds = Mapping[str, np.ndarray]
 TapSelection = Literal["all", "none"] | Sequence[str]
@@ -76,6 +76,7 @@ class TapRunner:
     ``taps``: ``"all"`` (every float activation), ``"none"`` (graph outputs only) or a list of
     tensor names. Graph outputs are always included, last-in-order where they fall topologically.
     ``any_dtype``: allow integer tensors in a list of taps (a QDQ model's int8 codes).
+    ``source``: what errors call the model (default: its path; a ``BuiltModel`` for one the harness wrote).
     """
 
     def __init__(
@@ -86,6 +87,7 @@ class TapRunner:
         threads: int | None = None,
         optimization: Optimization = "all",
         any_dtype: bool = False,
+        source: Source | None = None,
     ) -> None:
         self.model = model
         all_tensors = tensor_list(model.proto, float_only=not any_dtype)
@@ -93,7 +95,8 @@ class TapRunner:
         self.infos: dict[str, TensorInfo] = {t.name: t for t in self.tensors}
         tapped, self._alias = _with_outputs(model.proto, [t.name for t in self.tensors])
         self.session = make_session(
-            tapped.SerializeToString(), threads=threads, optimization=optimization, source=str(model.path)
+            tapped.SerializeToString(), threads=threads, optimization=optimization,
+            source=str(model.path) if source is None else source,
         )
         self._output_names = [o.name for o in self.session.get_outputs()]
         self._inputs = {i.name: i for i in self.session.get_inputs()}
@@ -167,14 +170,7 @@ class TapRunner:
             self._allocate(feeds, key)
         for name, arr in feeds.items():
             self._binding.bind_cpu_input(name, arr)
-        try:
-            self.session.run_with_iobinding(self._binding)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises untyped exceptions
-            raise ModelRuntimeError(
-                f"onnxruntime failed running {self.model.path}: {exc}",
-                expected="inputs of the shapes and types the model declares",
-                remedy="check the preprocessing output shape/layout against the model input",
-            ) from exc
+        self.session.run_with_iobinding(self._binding)  # failures: ModelRuntimeError naming the source
         return {name: self._buffers[self._alias.get(name, name)] for name in self.infos}
 
     def _allocate(self, feeds: dict[str, np.ndarray], key: tuple[tuple[int, ...], ...]) -> None:

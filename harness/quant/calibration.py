@@ -27,6 +27,7 @@ from onnx import numpy_helper
 
 from harness.errors import CalibrationError, ConfigError
 from harness.model.graph import node_display_name
+from harness.model.graph_roles import non_activations
 from harness.model.load import Model
 from harness.model.runner import TapRunner
 from harness.model.session import default_threads
@@ -77,7 +78,14 @@ def _tensors_of(sites: Profile | Placement | Iterable[Any], proto: onnx.ModelPro
     names: dict[str, None] = {}
     for site in sites:
         names.setdefault(site if isinstance(site, str) else site[0], None)
-    return list(names)
+    # A Resize's scales or a Reshape's shape has no range worth calibrating (KL on [1, 1, 2, 2] gave
+    # [1.0, 1.0015]); placements never list them, explicit sites may.
+    roles = non_activations(proto)
+    skipped = [n for n in names if n in roles]
+    if skipped:
+        log.info("not calibrating %d non-activation tensor(s), e.g. %s (%s)", len(skipped), skipped[0],
+                 roles[skipped[0]])
+    return [n for n in names if n not in roles]
 
 
 def calibrate_activations(

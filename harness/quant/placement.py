@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from harness.model.graph import node_display_name, tensor_list, topological_nodes
+from harness.model.graph_roles import non_activations
 from harness.quant.plan import ALL_CONSUMERS
 
 _CONV_LIKE = frozenset({"Conv", "ConvTranspose", "Gemm"})
@@ -76,8 +77,13 @@ def weight_nodes(proto: onnx.ModelProto, op_types: frozenset[str]) -> list[onnx.
 
 def compute_placement(proto: onnx.ModelProto, *, placement: str, weight_op_types: frozenset[str],
                       float_layers: frozenset[str]) -> Placement:
-    """Sites of ``placement`` on ``proto`` (normally the BN-folded model)."""
-    floats = {t.name for t in tensor_list(proto, include_inputs=True)}
+    """Sites of ``placement`` on ``proto`` (normally the BN-folded model).
+
+    Only activations are sites, in every placement: a tensor that feeds a shape, scale, index or
+    axis input, or is computed from constants and shapes, never is (:mod:`harness.model.graph_roles`).
+    """
+    roles = non_activations(proto)
+    floats = {t.name for t in tensor_list(proto, include_inputs=True) if t.name not in roles}
     if placement == "conv_inputs":
         sites = [(n.input[0], node_display_name(n)) for n in weight_nodes(proto, weight_op_types)
                  if node_display_name(n) not in float_layers and n.input[0] in floats]
@@ -96,6 +102,8 @@ def _all_tensors(proto: onnx.ModelProto, floats: set[str], float_layers: frozens
             consumers.setdefault(name, []).append(node_display_name(node))
     sites = []
     for info in tensor_list(proto, include_inputs=True):
+        if info.name not in floats:
+            continue
         if info.op_type == "Input":
             readers = consumers.get(info.name, [])
             if readers and all(r in float_layers for r in readers):

@@ -36,6 +36,7 @@ import numpy as np
 import onnx
 
 from harness.model.graph import clip_lower_bound, graph_constants, topological_nodes
+from harness.model.graph_roles import non_activations
 
 RangeRules = str  #: one of RANGE_RULES
 RANGE_RULES: tuple[str, ...] = ("none", "tpu-mlir")
@@ -53,13 +54,14 @@ def range_owners(proto: onnx.ModelProto, rules: RangeRules, calibrated: set[str]
     """``{tensor: tensor whose calibrated range it uses}`` for every tensor that does not use its own.
 
     ``calibrated``: the tensors that have a range (a float layer's outputs have none, and rules
-    never route through them).
+    never route through them). Non-activations (a Resize's scales, shape arithmetic) never take
+    part, even when a table read from disk has a row for them.
     """
     if rules == "none":
         return {}
     if rules != "tpu-mlir":
         raise ValueError(f"unknown range rules {rules!r}")
-    return _tpu_mlir(proto, set(calibrated))
+    return _tpu_mlir(proto, set(calibrated) - set(non_activations(proto)))
 
 
 def _tpu_mlir(proto: onnx.ModelProto, calibrated: set[str]) -> dict[str, str]:

@@ -38,6 +38,7 @@ still the float value before quantisation, so it lines up with the fp32 model's 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -52,7 +53,7 @@ from onnx import helper, numpy_helper
 from harness.errors import ConfigError
 from harness.model.graph import clip_lower_bound, graph_constants, node_display_name
 from harness.model.runner import TapRunner, TapSelection
-from harness.model.session import make_session
+from harness.model.session import BuiltModel, make_session
 from harness.quant.plan import ALL_CONSUMERS, QuantPlan, TensorQuant
 from harness.quant.scheme import QuantScheme, fake_quant, quantize
 
@@ -63,6 +64,8 @@ MODE_OPTIMIZATION = {"simulate": "disabled", "int8-kernels": "all"}
 WEIGHT_OPS = {"Conv": 0, "ConvTranspose": 1, "Gemm": None, "MatMul": -1}
 
 _Q_SUFFIX, _DQ_SUFFIX, _FQ_SUFFIX = "__q", "__dq", "__fq"
+#: How errors name a QDQ model when the caller does not say more (profile, origin).
+QDQ_SOURCE = BuiltModel(what="the int8 simulation (QDQ) model")
 
 
 @dataclass(frozen=True)
@@ -392,7 +395,7 @@ def _run_constant_nodes(proto: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> 
         initializer=[t for t in proto.graph.initializer if t.name in needed])
     model = helper.make_model(graph, opset_imports=proto.opset_import, ir_version=proto.ir_version)
     names = [n.output[0] for n in nodes]
-    session = make_session(model.SerializeToString(), threads=1, optimization="disabled", source="<weights>")
+    session = make_session(model.SerializeToString(), threads=1, optimization="disabled", source=dataclasses.replace(QDQ_SOURCE, what="the weight DequantizeLinear nodes of the QDQ model"))
     return dict(zip(names, session.run(names, {})))
 
 
@@ -401,21 +404,24 @@ def _mode_proto(qdq: QdqModel | onnx.ModelProto, mode: Mode) -> onnx.ModelProto:
     return simulation_proto(proto) if mode == "simulate" else proto
 
 
-def mode_session(qdq: QdqModel | onnx.ModelProto, mode: Mode, *, threads: int | None = None) -> ort.InferenceSession:
+def mode_session(qdq: QdqModel | onnx.ModelProto, mode: Mode, *, threads: int | None = None,
+                 source: BuiltModel | None = None) -> ort.InferenceSession:
     """An onnxruntime session running ``qdq`` in ``mode``, set up as that mode is defined.
 
     ``simulate``: :func:`simulation_proto` with graph optimisations off; ``int8-kernels``: the
     written model with every optimisation on (onnxruntime fuses Q/DQ into int8 kernels).
+    ``source``: how errors name the model (its profile and origin), with the mode added here.
     """
     return make_session(_mode_proto(qdq, mode).SerializeToString(), threads=threads,
-                        optimization=MODE_OPTIMIZATION[mode])
+                        optimization=MODE_OPTIMIZATION[mode], source=(source or QDQ_SOURCE).with_mode(mode))
 
 
 def mode_runner(qdq: QdqModel | onnx.ModelProto, mode: Mode, *, taps: TapSelection = "all",
-                threads: int | None = None, any_dtype: bool = False) -> TapRunner:
+                threads: int | None = None, any_dtype: bool = False, source: BuiltModel | None = None) -> TapRunner:
     """A :class:`TapRunner` over ``qdq`` in ``mode`` (see :func:`mode_session`)."""
     return TapRunner(_as_model(_mode_proto(qdq, mode)), taps=taps, threads=threads,
-                     optimization=MODE_OPTIMIZATION[mode], any_dtype=any_dtype)
+                     optimization=MODE_OPTIMIZATION[mode], any_dtype=any_dtype,
+                     source=(source or QDQ_SOURCE).with_mode(mode))
 
 
 # --- running and comparing the two modes --------------------------------------------------------
@@ -503,7 +509,8 @@ class _CodeRegion:
         self.inputs = sorted(boundary)
         sub = onnx.utils.Extractor(proto).extract_model(self.inputs, [codes])
         self.codes = codes
-        self.session = make_session(sub.SerializeToString(), threads=threads, optimization="all")
+        self.session = make_session(sub.SerializeToString(), threads=threads, optimization="all",
+                                    source=QDQ_SOURCE.with_mode("int8-kernels"))
 
     def kernel_codes(self, upstream: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run([self.codes], {name: upstream[name] for name in self.inputs})[0]
