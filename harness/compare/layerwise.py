@@ -160,7 +160,8 @@ class LayerwiseResult:
                 for key in _STAT_KEYS:
                     rec[f"{prefix}_{key}"] = getattr(stats, key) if stats is not None else math.nan
             rec["passed"] = r.passed
-            rec["failures"] = "; ".join(str(f) for f in r.verdict.failures) if r.verdict else ""
+            # `is not None`: a failed verdict is falsy
+            rec["failures"] = "; ".join(str(f) for f in r.verdict.failures) if r.verdict is not None else ""
             records.append(rec)
         return records
 
