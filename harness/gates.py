@@ -36,8 +36,8 @@ Op = Literal[">=", "<="]
 
 #: Check names a verdict can carry; ``[suite] expect_reason`` must be one of them.
 CHECKS: tuple[str, ...] = (
-    "layerwise", "output", "bmrt", "input-parity", "fp32-golden", "metric", "calibration-drift", "leakage", "reference",
-    "finite",
+    "layerwise", "output", "bmrt", "input-parity", "fp32-golden", "metric", "metric-golden", "calibration-drift",
+    "leakage", "reference", "finite",
 )
 
 # --- documented defaults --------------------------------------------------------------------------
@@ -67,6 +67,10 @@ SCALAR_GATES: dict[str, tuple[float | None, str, str, Op]] = {
     ),
     "reference_max_abs": (
         1e-4, "default: harness; two exports of the same weights differ only by float rounding", "reference", "<=",
+    ),
+    "metric_golden_max_abs": (
+        1e-6, "default: harness; a deterministic pipeline (same metrics to the last bit with 1 and 2 threads)",
+        "metric-golden", "<=",
     ),
     "calibration_drift_max_rel": (
         0.05, "default: harness; about one NNIE 8-bit log level (2^(1/16) - 1 = 4.4%)", "calibration-drift", "<=",
@@ -352,9 +356,35 @@ def _replace_msg(v: Verdict, message: str, remedy: str, details: Mapping[str, An
 
 
 # --- expected failures ----------------------------------------------------------------------------
-def resolve_expectation(verdicts: Sequence[Verdict], *, expect: str, expect_reason: str | None) -> Verdict:
-    """The suite's overall verdict. ``expect = "fail"`` is strict: it passes only when a verdict of check
-    ``expect_reason`` failed; a suite that was expected to fail and passed is itself a failure (XPASS)."""
+def is_expected_failure(v: Verdict, declared: Sequence[str]) -> bool:
+    """A failed verdict a must-fail suite declares (``expect_reason`` / ``expect_also``). A golden written by this
+    run (gate ``golden``: "run again to confirm") is never one, whatever check it belongs to."""
+    return not v.passed and v.check in declared and v.gate != "golden"
+
+
+def unexpected_remedy(v: Verdict, expect_reason: str | None) -> str:
+    """What to do about a failure a must-fail suite did not declare."""
+    if v.gate == "golden":
+        return v.remedy
+    return (f"{v.remedy}; if it is a direct consequence of the expected {expect_reason} failure, add "
+            f"\"{v.check}\" to [suite] expect_also")
+
+
+def missing_remedy(missing: Sequence[str], expect_reason: str | None) -> str:
+    """What to do when declared failures did not happen."""
+    if expect_reason in missing:
+        return ("the defect this suite guards against is no longer detected: check the gate bounds, or set "
+                "expect = 'pass' if the model was fixed")
+    return (f"{', '.join(missing)} no longer fail{'s' if len(missing) == 1 else ''} with {expect_reason}: remove "
+            f"{'it' if len(missing) == 1 else 'them'} from [suite] expect_also if that is right")
+
+
+def resolve_expectation(verdicts: Sequence[Verdict], *, expect: str, expect_reason: str | None,
+                        expect_also: Sequence[str] = ()) -> Verdict:
+    """The suite's overall verdict. ``expect = "fail"`` is strict both ways: it passes only when verdicts of
+    ``expect_reason`` and of every ``expect_also`` check failed and no other verdict failed. A suite that was
+    expected to fail and passed is itself a failure (XPASS); so is a failure nobody declared, since a must-fail
+    suite would otherwise hide every regression behind its one expected defect."""
     failed = [v for v in verdicts if not v.passed]
     if expect == "pass":
         worst = failed[0] if failed else None
@@ -364,18 +394,33 @@ def resolve_expectation(verdicts: Sequence[Verdict], *, expect: str, expect_reas
                        op="<=", source="[suite] expect = 'pass'", least_passing=None, message=msg,
                        remedy=worst.remedy if worst is not None else "nothing to do",
                        details={"n_failed": len(failed)})
-    hit = [v for v in failed if v.check == expect_reason]
-    if hit:
-        msg = f"expected failure confirmed: {expect_reason} failed as required ({hit[0].message})"
-        remedy = "nothing to do"
-    else:
+    declared = [c for c in (expect_reason, *expect_also) if c is not None]
+    expected = [v for v in failed if is_expected_failure(v, declared)]
+    unexpected = [v for v in failed if not is_expected_failure(v, declared)]
+    missing = [c for c in declared if not any(v.check == c for v in expected)]
+    hit = [v for v in expected if v.check == expect_reason]
+    names = ", ".join(declared)
+    if unexpected:
+        v = unexpected[0]
+        msg = (f"not expected: {v.message} (this must-fail suite expects only {names} to fail; "
+               f"{len(unexpected)} other failed verdict{'s' if len(unexpected) != 1 else ''})")
+        remedy = unexpected_remedy(v, expect_reason)
+    elif missing:
         other = ", ".join(sorted({v.check for v in failed})) or "none"
-        msg = f"expected {expect_reason} to fail, but it passed (failed checks: {other})"
-        remedy = ("the defect this suite guards against is no longer detected: check the gate bounds, or set "
-                  "expect = 'pass' if the model was fixed")
-    return Verdict(check="suite", gate="expect", passed=bool(hit), observed=float(len(hit)), bound=1.0, op=">=",
-                   source=f"[suite] expect = 'fail', expect_reason = {expect_reason!r}", least_passing=None,
-                   message=msg, remedy=remedy, details={"n_failed": len(failed)})
+        msg = (f"expected {', '.join(missing)} to fail, but {'it' if len(missing) == 1 else 'they'} passed "
+               f"(failed checks: {other})")
+        remedy = missing_remedy(missing, expect_reason)
+    else:
+        msg = f"expected failure confirmed: {expect_reason} failed as required ({hit[0].message})"
+        if expect_also:
+            msg += f"; its consequences {', '.join(expect_also)} failed as declared"
+        remedy = "nothing to do"
+    also = f", expect_also = {list(expect_also)!r}" if expect_also else ""
+    return Verdict(check="suite", gate="expect", passed=not unexpected and not missing, observed=float(len(hit)),
+                   bound=1.0, op=">=", source=f"[suite] expect = 'fail', expect_reason = {expect_reason!r}{also}",
+                   least_passing=None, message=msg, remedy=remedy,
+                   details={"n_failed": len(failed), "expected_hit": bool(hit), "missing": missing,
+                            "unexpected": sorted({v.check for v in unexpected})})
 
 
 # --- configuration --------------------------------------------------------------------------------

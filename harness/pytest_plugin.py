@@ -29,6 +29,7 @@ from harness.engine.results import (
 )
 from harness.engine.stages import SuiteStages
 from harness.errors import HarnessError
+from harness.gates import Verdict, is_expected_failure, missing_remedy, unexpected_remedy
 from harness.suite import Suite, SuiteUnavailable, load_suite
 
 _PROPERTY = "quant_harness"
@@ -143,14 +144,6 @@ class SuiteItem(pytest.Item):
         result = run_check(stages, self.check)
         self.user_properties.append((_PROPERTY, result.payload(self.suite)))
         suite = self.suite
-        if suite.expect == "fail" and suite.expect_reason in ITEM_CHECKS[self.check]:
-            hit = [v for v in result.verdicts if not v.passed and v.check == suite.expect_reason]
-            if hit:
-                pytest.xfail(f"expected failure confirmed: {hit[0].message}")
-            if result.error is None:
-                raise SuiteCheckFailed(result, f"suite {suite.name}: expected {suite.expect_reason} to fail (strict), "
-                                               "but it passed", "the defect this suite guards against is no longer "
-                                               "detected: check the gate bounds, or set expect = 'pass'")
         if result.error is not None:
             exc = result.error
             if isinstance(exc, HarnessError):
@@ -161,11 +154,30 @@ class SuiteItem(pytest.Item):
             raise SuiteCheckFailed(result, f"{self.check} crashed: {record['message']}", record["remedy"],
                                    details=record["traceback"].rstrip().splitlines())
         failed = [v for v in result.verdicts if not v.passed]
-        if failed and suite.expect == "fail":
-            # Another check of a suite that exists to show one defect: failing too is a consequence of it.
-            pytest.xfail(f"consequence of the expected {suite.expect_reason} failure: {failed[0].message}")
+        if suite.expect == "fail":
+            self._expected_failure(result, failed)
         if failed:
             raise SuiteCheckFailed(result, failed[0].message, failed[0].remedy)
+
+    def _expected_failure(self, result: CheckResult, failed: list[Verdict]) -> None:
+        """A must-fail suite's item: xfail when it failed exactly as declared, fail on anything else."""
+        suite = self.suite
+        declared = suite.expected_failures
+        unexpected = [v for v in failed if not is_expected_failure(v, declared)]
+        if unexpected:
+            v = unexpected[0]
+            raise SuiteCheckFailed(result, f"{v.message} (not expected: must-fail suite {suite.name} expects only "
+                                           f"{', '.join(declared)} to fail)", unexpected_remedy(v, suite.expect_reason))
+        for check in (c for c in declared if c in ITEM_CHECKS[self.check]):
+            if not any(v.check == check for v in failed):
+                raise SuiteCheckFailed(result, f"suite {suite.name}: expected {check} to fail (strict), but it passed",
+                                       missing_remedy([check], suite.expect_reason))
+        hit = [v for v in failed if v.check == suite.expect_reason]
+        if hit:
+            pytest.xfail(f"expected failure confirmed: {hit[0].message}")
+        if failed:
+            pytest.xfail(f"consequence of the expected {suite.expect_reason} failure (expect_also): "
+                         f"{failed[0].message}")
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         exc = excinfo.value

@@ -94,6 +94,9 @@ class Suite(_Replaceable):
     #: ``[suite] allow_nonfinite``: NaN/Inf in the model's tensors are expected (the finite check reports them
     #: without failing, and goldens may hold them); see docs/suites.md.
     allow_nonfinite: bool = False
+    #: Checks that fail too as a direct consequence of ``expect_reason`` (``expect = "fail"`` only); with it they
+    #: are the only checks allowed, and required, to fail.
+    expect_also: tuple[str, ...] = ()
     #: The environment variables its paths use (``${NAME}``), already expanded; not compared, since
     #: :meth:`to_dict` writes the expanded paths.
     variables: tuple[str, ...] = field(default=(), compare=False)
@@ -102,6 +105,11 @@ class Suite(_Replaceable):
     def base_dir(self) -> Path:
         """The folder relative paths in the file are resolved against."""
         return self.path.parent
+
+    @property
+    def expected_failures(self) -> tuple[str, ...]:
+        """Every check a must-fail suite requires to fail (``expect_reason`` first); empty for ``expect = "pass"``."""
+        return (self.expect_reason, *self.expect_also) if self.expect_reason is not None else ()
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -115,6 +123,8 @@ class Suite(_Replaceable):
                                  "expect": self.expect}
         if self.expect_reason is not None:
             suite["expect_reason"] = self.expect_reason
+        if self.expect_also:
+            suite["expect_also"] = list(self.expect_also)
         if self.golden_from is not None:
             suite["golden_from"] = self.golden_from
         if self.allow_nonfinite:
@@ -157,7 +167,8 @@ def suite_from_dict(data: Mapping[str, Any], *, path: str | Path) -> Suite:
     root = TableReader(data, file=path, table="")
     root.check_keys(_TOP_LEVEL, hint="the top level holds tables only")
     info = root.sub("suite") or TableReader({}, file=path, table="suite")
-    info.check_keys(("name", "task", "description", "expect", "expect_reason", "golden_from", "allow_nonfinite"))
+    info.check_keys(("name", "task", "description", "expect", "expect_reason", "expect_also", "golden_from",
+                     "allow_nonfinite"))
     name = _suite_name(info, path)
     texts = [text for table in _PATH_TABLES for text in _strings(data.get(table))]
     if missing := sorted({v for text in texts for v in unset_variables(text)}):
@@ -172,6 +183,7 @@ def suite_from_dict(data: Mapping[str, Any], *, path: str | Path) -> Suite:
     if expect == "pass" and expect_reason is not None:
         raise info.error("expect_reason", f"= {expect_reason!r} while expect = 'pass'",
                          expected="expect_reason only with expect = 'fail'", remedy="remove expect_reason")
+    expect_also = _expect_also(info, expect, expect_reason)
 
     model_r = root.sub("model", required=True)
     assert model_r is not None
@@ -214,7 +226,8 @@ def suite_from_dict(data: Mapping[str, Any], *, path: str | Path) -> Suite:
     return Suite(path=path, name=name, task=task, description=info.str("description", default=""), expect=expect,
                  expect_reason=expect_reason, model=model, preprocess=preprocess, data=data,
                  postprocess=postprocess, quant=quant, metrics=metrics, gates=gates,
-                 golden_from=_golden_from(info, name), allow_nonfinite=info.bool("allow_nonfinite", default=False),
+                 golden_from=_golden_from(info, name), expect_also=expect_also,
+                 allow_nonfinite=info.bool("allow_nonfinite", default=False),
                  variables=tuple(sorted({v for text in texts for v in ENV_REFERENCE.findall(text)})))
 
 
@@ -228,6 +241,22 @@ def _strings(value: Any) -> Iterable[str]:
     elif isinstance(value, list):
         for v in value:
             yield from _strings(v)
+
+
+def _expect_also(info: TableReader, expect: str, expect_reason: str | None) -> tuple[str, ...]:
+    """``expect_also``: the other checks a must-fail suite's defect makes fail (each must fail, nothing else may)."""
+    also = info.str_list("expect_also", default=())
+    if also and expect != "fail":
+        raise info.error("expect_also", f"= {list(also)!r} while expect = 'pass'",
+                         expected="expect_also only with expect = 'fail'", remedy="remove expect_also")
+    for check in also:
+        if check not in CHECKS or check == expect_reason or also.count(check) > 1:
+            what = "is expect_reason already" if check == expect_reason else (
+                "is listed twice" if check in CHECKS else "is not a check name")
+            raise info.error("expect_also", f"entry {check!r} {what}",
+                             expected=f"other check names, once each, from {', '.join(CHECKS)}",
+                             remedy=f'e.g. expect_also = ["fp32-golden"] beside expect_reason = "input-parity"')
+    return tuple(also)
 
 
 def _golden_from(info: TableReader, name: str) -> str | None:

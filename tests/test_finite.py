@@ -63,7 +63,9 @@ def test_nan_scores_fail_the_finite_check_naming_the_first_layer_and_image(tmp_p
     checks = outcome.checks
     # The comparisons of outputs and metrics skip the NaN pairs; the layerwise bounds count them as a failure,
     # and name the same first tensor.
-    assert checks["outputs"].passed and checks["metrics"].passed
+    assert checks["outputs"].passed
+    # metrics now reads the golden (its metrics are a baseline), and the golden refuses the NaN
+    assert checks["metrics"].error is not None and "Refused to write the golden" in str(checks["metrics"].error)
     assert not checks["layerwise"].passed
     assert checks["layerwise"].sections["first_divergent"]["reason"] == "nonfinite"
     verdict = checks["finite"].verdicts[0]

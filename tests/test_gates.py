@@ -15,6 +15,7 @@ from harness.gates import (
     Bound,
     DropGate,
     GatesConfig,
+    Verdict,
     check_drop,
     check_layers,
     check_max,
@@ -226,3 +227,33 @@ def test_expected_failure_is_strict() -> None:
     xpass = resolve_expectation([ok], expect="fail", expect_reason="layerwise")
     assert not xpass and "passed" in xpass.message
     assert not resolve_expectation([ok, other], expect="fail", expect_reason="layerwise")
+
+
+def test_a_must_fail_suite_fails_on_a_failure_nobody_declared() -> None:
+    """Issue 13 item 7: ``expect = "fail"`` used to turn every failed check into an expected one."""
+    layer = check_min("layer_cosine_min", 0.5, 0.9)
+    parity = check_max("input_parity_max_abs", 1.0, 0.0)
+    golden = check_max("fp32_golden_max_abs", 2.0, 1e-4)
+    extra = check_max("calibration_drift_max_rel", 0.5, 0.05)
+    kw = dict(expect="fail", expect_reason="input-parity")
+    assert resolve_expectation([parity], **kw)
+    unexpected = resolve_expectation([parity, golden], **kw)  # fp32-golden not declared
+    assert not unexpected and unexpected.message.startswith("not expected: fp32-golden FAILED")
+    assert unexpected.details["unexpected"] == ["fp32-golden"] and 'add "fp32-golden"' in unexpected.remedy
+    declared = resolve_expectation([parity, golden], **kw, expect_also=["fp32-golden"])
+    assert declared and "its consequences fp32-golden failed as declared" in declared.message
+    assert not resolve_expectation([parity, golden, extra], **kw, expect_also=["fp32-golden"])
+    # A declared consequence that no longer follows is not a silent pass either.
+    missing = resolve_expectation([parity], **kw, expect_also=["fp32-golden"])
+    assert not missing and missing.details["missing"] == ["fp32-golden"] and "expect_also" in missing.remedy
+    assert not resolve_expectation([layer], **kw, expect_also=["layerwise"])  # expect_reason itself passed
+
+
+def test_a_golden_written_this_run_is_never_an_expected_failure() -> None:
+    parity = check_max("input_parity_max_abs", 1.0, 0.0)
+    fresh = Verdict(check="fp32-golden", gate="golden", passed=False, observed=math.nan, bound=math.nan, op="<=",
+                    source="harness", least_passing=None, message="fp32-golden: golden was missing",
+                    remedy="run again to confirm")
+    verdict = resolve_expectation([parity, fresh], expect="fail", expect_reason="input-parity",
+                                  expect_also=["fp32-golden"])
+    assert not verdict and verdict.remedy == "run again to confirm"

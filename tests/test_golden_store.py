@@ -223,3 +223,17 @@ def test_import_with_batch(tmp_path: Path, model_path: Path) -> None:
     (tmp_path / "out.dat").write_bytes(np.ones((2, 2), np.float32).tobytes())
     manifest = import_dumps(model_path, tmp_path / "in.dat", tmp_path / "out.dat", tmp_path / "g", batch=2)
     assert manifest.num_images == 2 and manifest.tensors[0].shape == (2, 3, 8, 8)
+
+
+def test_manifest_records_when_it_was_written_and_old_ones_still_load(tmp_path: Path) -> None:
+    """The date a metrics-baseline failure quotes; goldens from before it load with ``created`` None."""
+    from datetime import datetime
+
+    root = tmp_path / "golden" / "suite"
+    write_golden(root)
+    manifest = GoldenStore.open(root).manifest
+    assert manifest.created is not None and datetime.fromisoformat(manifest.created).tzinfo is not None
+    data = json.loads((root / "manifest.json").read_text())
+    del data["created"]
+    old = store_mod.Manifest.from_json(json.dumps(data))
+    assert old.created is None and "created" not in json.loads(old.to_json())

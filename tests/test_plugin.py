@@ -130,8 +130,12 @@ def test_scaled_weights_fail_fp32_golden_naming_the_layer(pytester: pytest.Pytes
     result = run(pytester, "-k", "fp32-golden")
     result.assert_outcomes(failed=1)
     section = _failure_section(result.stdout.str(), "tiny::fp32-golden")
-    assert section[0].startswith("fp32-golden FAILED: first differing layer dw (Conv) -> tensor 'dw_out'")
-    assert "the model file changed since the golden was written" in section[0]
+    # The cause first (the weight and the node reading it), then where it shows.
+    assert section[0].startswith("fp32-golden FAILED: weights changed: 'dw_w' of node dw (Conv) (1 of ")
+    assert "first differing tensor 'dw_out' of dw (Conv), the node whose weights changed" in section[0]
+    layers = next(line for line in section if "first differing layer" in line)
+    assert "first differing layer dw (Conv) -> tensor 'dw_out', whose weights changed at Conv dw" in layers
+    assert "the model file changed since the golden was written" in layers
 
 
 def test_per_tensor_depthwise_fails_layerwise_naming_it(pytester: pytest.Pytester, project: Path) -> None:
@@ -183,6 +187,28 @@ def test_strict_expected_failure(pytester: pytest.Pytester, project: Path) -> No
     assert results(project)["suites"][0]["status"] == "xpassed" and not results(project)["passed"]
 
 
+def test_must_fail_suite_with_an_undeclared_failure_fails(pytester: pytest.Pytester, project: Path) -> None:
+    """Issue 13 item 7: a second failing check used to be an xfail "consequence of the expected failure"."""
+    confirmed(pytester)
+    expect = 'expect = "fail"\nexpect_reason = "layerwise"'
+    path = write_suite(project, suite_extra=expect, quant_extra='depthwise_weight_granularity = "per_tensor"')
+    path.write_text(path.read_text() + "output_euclid_min = 1.0\n")  # [gates]: outputs fails too
+    result = run(pytester)
+    result.assert_outcomes(passed=5, xfailed=1, failed=1)  # 8 items, finite among them
+    result.stdout.fnmatch_lines(["*output FAILED at logits*(not expected: must-fail suite tiny expects only "
+                                 "layerwise to fail)*", '*add "output" to [[]suite] expect_also*'])
+    suite = results(project)["suites"][0]
+    assert suite["status"] == "failed" and suite["verdict"]["message"].startswith("not expected: output FAILED")
+
+    declared = expect + '\nexpect_also = ["output"]'
+    path = write_suite(project, suite_extra=declared, quant_extra='depthwise_weight_granularity = "per_tensor"')
+    path.write_text(path.read_text() + "output_euclid_min = 1.0\n")
+    result = run(pytester)
+    result.assert_outcomes(passed=5, xfailed=2)
+    result.stdout.no_fnmatch_line("*not expected*")
+    assert results(project)["suites"][0]["status"] == "xfailed"
+
+
 def test_suite_selection_and_quant_suite_fixture(pytester: pytest.Pytester, project: Path) -> None:
     write_suite(project, name="other")
     confirmed_run = pytester.runpytest("-p", "no:cacheprovider", "suites", "--suite", "tiny")
@@ -197,8 +223,12 @@ def test_suite_selection_and_quant_suite_fixture(pytester: pytest.Pytester, proj
     pytester.runpytest("-p", "no:cacheprovider", "test_user.py").assert_outcomes(passed=1)
 
 
-def test_xdist_two_workers_keep_goldens_and_results_whole(pytester: pytest.Pytester, project: Path) -> None:
+def test_xdist_two_workers_keep_goldens_and_results_whole(pytester: pytest.Pytester, project: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("xdist")
+    # The subprocess starts in the throw-away project: make it import this checkout's harness, not whichever
+    # checkout the package was installed (editable) from.
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
     write_suite(project, name="other")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "suites")
     result.assert_outcomes(failed=6, passed=8)
@@ -234,7 +264,8 @@ def test_sampled_layer_dumps_still_name_the_changed_layer(pytester: pytest.Pytes
     result = run(pytester, "-k", "fp32-golden")
     result.assert_outcomes(failed=1)
     section = _failure_section(result.stdout.str(), "tiny::fp32-golden")
-    assert section[0].startswith("fp32-golden FAILED: first differing layer dw (Conv) -> tensor 'dw_out'")
+    assert section[0].startswith("fp32-golden FAILED: weights changed: 'dw_w' of node dw (Conv)")
+    assert any("first differing layer dw (Conv) -> tensor 'dw_out'" in line for line in section)
 
 
 def test_suite_behind_an_unset_variable_is_skipped_and_listed(pytester: pytest.Pytester, project: Path,

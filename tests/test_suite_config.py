@@ -251,6 +251,21 @@ def test_expected_failure_needs_a_known_reason(tmp_path: Path) -> None:
         load_suite(write(tmp_path, edit(DETECTOR, "[suite]", '[suite]\nexpect = "fail"\nexpect_reason = "speed"')))
 
 
+def test_expect_also_names_other_checks_of_a_must_fail_suite(tmp_path: Path) -> None:
+    head = '[suite]\nexpect = "fail"\nexpect_reason = "input-parity"\n'
+    ok = load_suite(write(tmp_path, edit(DETECTOR, "[suite]", head + 'expect_also = ["fp32-golden", "metric"]')))
+    assert ok.expected_failures == ("input-parity", "fp32-golden", "metric")
+    assert suite_from_dict(ok.to_dict(), path=ok.path) == ok
+    for bad, match in (('expect_also = ["speed"]', "not a check name"),
+                       ('expect_also = ["input-parity"]', "expect_reason already"),
+                       ('expect_also = ["metric", "metric"]', "listed twice"),
+                       ('expect_also = "metric"', "an array of strings")):
+        with pytest.raises(ConfigError, match=match):
+            load_suite(write(tmp_path, edit(DETECTOR, "[suite]", head + bad)))
+    with pytest.raises(ConfigError, match="expect_also only with expect = 'fail'"):
+        load_suite(write(tmp_path, edit(DETECTOR, "[suite]", '[suite]\nexpect_also = ["metric"]')))
+
+
 def test_format_specific_requirements(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="data.annotations"):
         load_suite(write(tmp_path, edit(DETECTOR, 'format = "voc"', 'format = "coco"').replace(

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from harness.compare.stats import BmrtResult, bmrt_allclose, tensor_stats
+from harness.engine.attribution import layer_nodes
+from harness.engine.baseline import golden_metric_verdicts
 from harness.engine.finite import finite
 from harness.engine.golden_io import GoldenHandle, relative_to_cwd
 from harness.engine.layers import sample_layer
@@ -24,8 +26,9 @@ from harness.engine.parity import diagnose
 from harness.engine.remedy import divergence_record, divergence_remedy
 from harness.engine.results import CheckResult
 from harness.engine.stages import SuiteStages, stack
-from harness.errors import HarnessError
+from harness.errors import GoldenMissingError, HarnessError
 from harness.golden.store import GoldenStore
+from harness.golden.weights import WEIGHTS_FILE, WeightChanges, compare_weights, weight_records, weights_from_json
 from harness.gates import (LAYER_METRICS, Bound, Verdict, check_drop, check_layers, check_max, check_min,
                            layer_key, remedy_for)
 from harness.leakage import find_leakage
@@ -104,8 +107,12 @@ def fp32_golden(stages: SuiteStages) -> CheckResult:
     cos_bound, abs_bound = gates.bound("fp32_golden_cosine_min"), gates.bound("fp32_golden_max_abs")
     changed = store.manifest.model_sha256 not in (None, stages.model.sha256)
     note = " (the model file changed since the golden was written)" if changed else ""
+    weights = _weight_changes(stages, store)
     # The layer verdict first: when the model changed, its first line names where (outputs only say that).
-    result.verdicts.append(_layers_vs_golden(stages, store, abs_bound, cos_bound, note))
+    layers = _layers_vs_golden(stages, store, abs_bound, cos_bound, note, weights)
+    if weights is not None:
+        result.verdicts.append(_weights_verdict(store, weights, layers))
+    result.verdicts.append(layers)
     for name in store.names("output"):
         if name not in probe.outputs:
             result.verdicts.append(_missing(name, "output", note))
@@ -118,6 +125,45 @@ def fp32_golden(stages: SuiteStages) -> CheckResult:
     return result
 
 
+def _weight_changes(stages: SuiteStages, store: GoldenStore) -> WeightChanges | None:
+    """The model's weights against the golden's hashes; None when the golden has none (written before they were
+    recorded, or imported from dumps)."""
+    if store.manifest.file_entry(WEIGHTS_FILE) is None:
+        return None
+    recorded = weights_from_json(store.read_json(WEIGHTS_FILE))
+    return None if recorded is None else compare_weights(recorded, weight_records(stages.model.proto))
+
+
+def _weights_verdict(store: GoldenStore, weights: WeightChanges, layers: Verdict) -> Verdict:
+    """Weights first: a changed kernel is the cause, the first differing tensor only where it shows."""
+    n = len(weights.changed) + len(weights.added) + len(weights.removed)
+    source = f"harness: the fp32 golden's weight hashes ({WEIGHTS_FILE})"
+    if not weights:
+        return Verdict(check="fp32-golden", gate="weights", passed=True, observed=0.0, bound=0.0, op="<=",
+                       source=source, least_passing=0.0, message=f"fp32-golden passed: {weights.describe()}",
+                       remedy="nothing to do", subject=None, details={"n_weights": weights.n_golden})
+    when = f" of {store.manifest.created}" if store.manifest.created else ""
+    if layers.passed or "tensor" not in layers.details:
+        then = "no layer differs beyond the fp32-golden bounds"
+    else:
+        d = layers.details
+        then = f"first differing tensor {d['tensor']!r} of {d['node']} ({d['node_op']})"
+        if d["node"] in weights.nodes():
+            then += ", the node whose weights changed"
+        elif d.get("edited"):
+            then += f", in one layer with the changed {d['edited']}"
+    nodes = sorted(weights.nodes())
+    first = weights.changed[0] if weights.changed else (weights.added or weights.removed)[0]
+    return Verdict(check="fp32-golden", gate="weights", passed=False, observed=float(n), bound=0.0, op="<=",
+                   source=source, least_passing=None,
+                   message=f"fp32-golden FAILED: {weights.describe()} ({n} of {weights.n_golden} weights differ "
+                           f"from the golden{when}); {then}",
+                   remedy=f"the fp32 model's weights changed at {', '.join(nodes[:3]) or first.name}: if intended, "
+                          "rerun with --golden-update and commit",
+                   subject=first.name, details={"n_changed": len(weights.changed), "n_added": len(weights.added),
+                                                "n_removed": len(weights.removed), "n_weights": weights.n_golden})
+
+
 def _missing(name: str, section: str, note: str) -> Verdict:
     return Verdict(check="fp32-golden", gate="tensors", passed=False, observed=float("nan"), bound=float("nan"),
                    op="<=", source="harness: the golden and the model must have the same tensors",
@@ -127,7 +173,7 @@ def _missing(name: str, section: str, note: str) -> Verdict:
 
 
 def _layers_vs_golden(stages: SuiteStages, store: GoldenStore, abs_bound: Bound, cos_bound: Bound,
-                      note: str) -> Verdict:
+                      note: str, weights: WeightChanges | None = None) -> Verdict:
     """One verdict for all layers: the first tensor (topological order) that differs beyond the bound plus
     the dump's own rounding (float16: half an ulp, 2^-11 relative)."""
     probe = stages.probe
@@ -159,14 +205,29 @@ def _layers_vs_golden(stages: SuiteStages, store: GoldenStore, abs_bound: Bound,
     name, excess, cosine = first
     info = infos.get(name)
     where = f"{info.node_name} ({info.op_type}) -> tensor {name!r}" if info else repr(name)
+    # The nodes of the model as given behind this layer: a Clip's layer also holds the Conv (and the BatchNorm
+    # folded into it) before it, and that Conv is what to name when its weights changed.
+    behind = layer_nodes(stages.model.proto, name, infos)
+    edited = behind.changed(weights.nodes()) if weights else ()
+    if behind.describe():
+        where += f" [one layer: {behind.describe()}]"
+    if edited:
+        where += f", whose weights changed at {', '.join(f'{op} {n}' for n, op in edited)}"
+    at = edited[0][0] if edited else info.node_name if info else name
+    # Only worth saying when the model did change: with the same file the weights are the golden's anyway.
+    predates = ("; the golden predates weight hashes; rerun with --golden-update to record them"
+                if weights is None and store.manifest.model_sha256 != stages.model.sha256 else "")
     return Verdict(check="fp32-golden", gate="fp32_golden_max_abs", passed=False, observed=excess,
                    bound=abs_bound.value, op="<=", source=abs_bound.source, least_passing=worst_excess,
                    message=f"fp32-golden FAILED: first differing layer {where}: max abs error {excess:.4g} beyond "
                            f"dump rounding (bound {abs_bound.value:g}), cosine {cosine:.6f}; {n_failed} of "
-                           f"{len(names)} layers differ{note}",
-                   remedy=f"the fp32 model changed at {info.node_name if info else name} (weights, runtime or "
-                          "preprocessing); if intended, rerun with --golden-update and commit",
-                   subject=name, details={"n_failed": n_failed, "n_layers": len(names)})
+                           f"{len(names)} layers differ{note}{predates}",
+                   remedy=f"the fp32 model changed at {at} (weights, runtime or preprocessing); if intended, rerun "
+                          "with --golden-update and commit",
+                   subject=name, details={"n_failed": n_failed, "n_layers": len(names), "tensor": name,
+                                          "node": info.node_name if info else name,
+                                          "node_op": info.op_type if info else "",
+                                          "edited": ", ".join(f"{op} {n}" for n, op in edited)})
 
 
 # --- layerwise ------------------------------------------------------------------------------------
@@ -269,17 +330,38 @@ def _has_int8_kernels(stages: SuiteStages) -> bool:
 
 # --- metrics --------------------------------------------------------------------------------------
 def metrics(stages: SuiteStages) -> CheckResult:
+    """The fp32-vs-quantized drop gates, and both sides against the golden metrics.json (this suite's own golden,
+    also with ``golden_from``: the fp32 dumps are shared, the metrics are the suite's)."""
     ev = stages.evaluation
     m = ev.metrics
-    verdicts = []
+    g = stages.golden
+    result = _start(stages, "metrics", g)
+    golden = None if g.fresh else _golden_metrics(stages, g)
+    if golden is not None:
+        result.verdicts += golden_metric_verdicts(
+            golden, {"fp32": m.fp32, "quantized": m.quantized}, names=m.names,
+            bound=stages.suite.gates.bound("metric_golden_max_abs"), manifest=g.store.manifest, suite=stages.suite,
+            provenance_now=stages.metrics_provenance)
     for name, gate in stages.suite.gates.metrics.items():
         if name not in m.fp32:
             continue
         diff = m.difference[name]
         ci = (diff["ci_low"], diff["ci_high"]) if diff["ci_low"] is not None else None
-        verdicts.append(check_drop(name, m.fp32[name], m.quantized[name], ci, gate))
-    sections = {"metrics": m.to_dict(), "probes": ev.probes, "timing_s": dict(stages.timing)}
-    return CheckResult("metrics", verdicts, sections=sections)
+        result.verdicts.append(check_drop(name, m.fp32[name], m.quantized[name], ci, gate))
+    section = m.to_dict()
+    if golden is not None:
+        section["golden"] = {"fp32": golden.get("fp32"), "quantized": golden.get("quantized"),
+                             "n_images": golden.get("n_images"), "created": g.store.manifest.created}
+    result.sections.update(metrics=section, probes=ev.probes, timing_s=dict(stages.timing))
+    return result
+
+
+def _golden_metrics(stages: SuiteStages, g: GoldenHandle) -> dict[str, Any]:
+    if g.store.manifest.file_entry("metrics.json") is None:
+        raise GoldenMissingError(f"The golden {relative_to_cwd(g.path)} has no metrics.json (task metrics baseline)",
+                                 expected="metrics.json, written with the golden of a detection or classification "
+                                          "suite", remedy="rerun with --golden-update to record it, then run again")
+    return dict(g.store.read_json("metrics.json"))
 
 
 # --- calibration drift ----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import onnx
 
 from harness.compare.layerwise import LayerwiseComparison, LayerwiseResult, layer_regions
 from harness.data import ImageMeta
+from harness.engine.baseline import provenance
 from harness.engine.data import SuiteData, load_suite_data
 from harness.engine.finite import NonfiniteCounter, blame_nonfinite_outputs
 from harness.engine.golden_io import GoldenHandle, exists, golden_dir, golden_lock
@@ -31,6 +32,7 @@ from harness.engine.layers import layer_tensors, sample_layer
 from harness.engine.task import MetricsSummary, make_task
 from harness.errors import CalibrationError, ConfigError, GoldenMissingError, HarnessError
 from harness.golden.store import GoldenStore, GoldenWriter
+from harness.golden.weights import WEIGHTS_FILE, weight_records, weights_to_json
 from harness.model import load_model, make_session
 from harness.model.graph import TensorInfo, tensor_list
 from harness.model.load import Model
@@ -387,6 +389,11 @@ class SuiteStages:
             record[side] = dets
         return record
 
+    @cached_property
+    def metrics_provenance(self) -> dict[str, Any]:
+        """What the task metrics depend on (model, suite sections, evaluation data), as metrics.json records it."""
+        return provenance(self.suite, model_sha256=self.model.sha256, samples=self.data.evaluation)
+
     # -- golden ---------------------------------------------------------------------------------
     @cached_property
     def golden(self) -> GoldenHandle:
@@ -436,10 +443,13 @@ class SuiteStages:
                         writer.write_layer(t.name, layer.astype(LAYER_DUMP_DTYPE))
                 for name, values in probe.outputs.items():
                     writer.write_output(name, stack(values))
+                # Beside the dumps it explains: fp32-golden names the weights that changed.
+                writer.add_json(WEIGHTS_FILE, weights_to_json(weight_records(self.model.proto)))
             writer.add_json("calibration.json", {"profile": self.profile.name, "scales": self.scales})
             if quantized.table_text is not None:
                 writer.add_file(*quantized.table_text)
             if evaluation is not None:
                 m = evaluation.metrics
-                writer.add_json("metrics.json", {"headline": m.headline, "fp32": m.fp32, "quantized": m.quantized,
-                                                 "n_images": m.n_images})
+                writer.add_json("metrics.json", {
+                    "headline": m.headline, "fp32": m.fp32, "quantized": m.quantized, "n_images": m.n_images,
+                    "provenance": self.metrics_provenance})

@@ -2,8 +2,9 @@
 
 The Sophon ``.dat`` files have no header, so everything needed to read them (names, dtypes,
 shapes, offsets) and to trust them (byte lengths, sha256) lives here. The manifest also records
-the model's sha256, the preprocessing and the versions of harness / onnxruntime / numpy that
-wrote it, so a changed golden can be traced to its cause.
+the model's sha256, the preprocessing, when it was written (``created``, UTC; absent in goldens
+written before it was recorded) and the versions of harness / onnxruntime / numpy that wrote it,
+so a changed golden can be traced to its cause.
 
 ``format_version`` starts at 1 (syrupy style). A reader refuses a version it does not know
 instead of guessing; newer goldens need a newer harness, older unknown ones need regenerating.
@@ -73,12 +74,15 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     layout: str = LAYOUT
+    created: str | None = None  # ISO 8601 UTC; None: written before the date was recorded
 
     def to_json(self) -> str:
         data = asdict(self)
         data["tensors"] = [{**asdict(t), "shape": list(t.shape)} for t in self.tensors]
-        order = ["format_version", "model_sha256", "num_images", "layout", "preprocessing", "versions", "files",
-                 "tensors", "extra"]
+        order = ["format_version", "created", "model_sha256", "num_images", "layout", "preprocessing", "versions",
+                 "files", "tensors", "extra"]
+        if self.created is None:  # an old golden read and written back keeps its shape
+            order.remove("created")
         return json.dumps({k: data[k] for k in order}, indent=1, sort_keys=False, allow_nan=False) + "\n"
 
     @classmethod
@@ -103,7 +107,7 @@ class Manifest:
             return cls(model_sha256=data.get("model_sha256"), preprocessing=dict(data.get("preprocessing") or {}),
                        tensors=tensors, files=files, num_images=int(data.get("num_images", 1)),
                        versions=dict(data.get("versions") or {}), extra=dict(data.get("extra") or {}),
-                       format_version=version, layout=data.get("layout", LAYOUT))
+                       format_version=version, layout=data.get("layout", LAYOUT), created=data.get("created"))
         except (KeyError, TypeError, ValueError) as exc:
             raise GoldenCorruptError(f"{source} is missing or mistypes a field ({exc!r})",
                                      expected="a manifest written by quant-harness",

@@ -29,6 +29,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterable
+from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -178,7 +179,7 @@ class GoldenWriter:
         tensors = tuple(e for section in SECTION_FILES if section in self._dat for e in self._dat[section].entries)
         manifest = Manifest(model_sha256=self.model_sha256, preprocessing=self.preprocessing, tensors=tensors,
                             files=tuple(files), num_images=self.num_images, versions=current_versions(),
-                            extra=self.extra)
+                            extra=self.extra, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         with open(self.tmp / MANIFEST_NAME, "w", encoding="utf-8") as fh:
             fh.write(manifest.to_json())
             fh.flush()
