@@ -8,6 +8,9 @@ this test writes first with few images.
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import re
 import shutil
 from collections.abc import Callable
@@ -45,6 +48,31 @@ def bundled_golden(root: Path, *names: str) -> Path:
     return root / "golden"
 
 
+def legacy_golden(root: Path, name: str) -> Path:
+    """A copy of the bundled golden as it was before it recorded weight and section hashes (no ``weights.json``,
+    no ``provenance`` in ``metrics.json``, no ``created``): what a golden of an older harness looks like."""
+    golden = bundled_golden(root, name)
+    folder = golden / name
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest.pop("created", None)
+    (folder / "weights.json").unlink(missing_ok=True)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics.pop("provenance", None)
+    text = json.dumps(metrics, indent=1)
+    (folder / "metrics.json").write_text(text)
+    files = []
+    for f in manifest["files"]:
+        if f["name"] == "weights.json":
+            continue
+        if f["name"] == "metrics.json":
+            data = (folder / "metrics.json").read_bytes()
+            f = {**f, "nbytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        files.append(f)
+    manifest["files"] = files
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return golden
+
+
 def failed(verdicts: list[Verdict]) -> list[Verdict]:
     return [v for v in verdicts if not v.passed]
 
@@ -60,7 +88,7 @@ def few_images(text: str) -> str:
 # --- item 1: golden metrics are a baseline --------------------------------------------------------
 def test_a_stricter_score_threshold_fails_metrics_against_the_golden(tmp_path: Path) -> None:
     """fp32 and int8 mAP both fell (0.816 -> 0.587) and the drop gate, the only metric gate, passed."""
-    golden = bundled_golden(tmp_path, DETECTOR)
+    golden = legacy_golden(tmp_path, DETECTOR)
     outcome = run_suite(copy_suite(tmp_path, DETECTOR, stricter_threshold), items=["metrics"], golden_root=golden)
     result = outcome.checks["metrics"]
     assert all(v.passed for v in result.verdicts if v.check == "metric")  # fp32 - int8 alone sees nothing
@@ -68,7 +96,7 @@ def test_a_stricter_score_threshold_fails_metrics_against_the_golden(tmp_path: P
     moved = re.match(r"metric-golden FAILED: fp32 map moved from golden 0\.8164 to (0\.\d{4}) ", fp32.message)
     assert moved and float(moved.group(1)) < 0.8, fp32.message
     assert quantized.message.startswith("metric-golden FAILED: quantized map moved from golden 0.8116 to ")
-    # The bundled golden predates the section hashes: it says what it can and cannot tell.
+    # A golden that predates the section hashes says what it can and cannot tell.
     assert "unchanged model, [preprocess]" in fp32.message
     assert "cannot tell whether [postprocess], [quant], [data], [metrics], evaluation data changed" in fp32.message
     assert "--golden-update" in fp32.message and fp32.source.startswith("default: harness")
@@ -152,7 +180,7 @@ def test_a_changed_batchnorm_statistic_names_the_batchnorm(tmp_path: Path, golde
 def test_a_golden_without_weight_hashes_still_names_the_layer(tmp_path: Path) -> None:
     model = scaled_model(tmp_path / "scaled.onnx", "stage64.0.0.0.weight", 1.5)
     path = copy_suite(tmp_path, DETECTOR, with_model(model))
-    golden = bundled_golden(tmp_path, DETECTOR)
+    golden = legacy_golden(tmp_path, DETECTOR)
     layers = failed(run_suite(path, items=["fp32-golden"], golden_root=golden).checks["fp32-golden"].verdicts)[0]
     assert layers.message.startswith("fp32-golden FAILED: first differing layer /stage64/stage64.0/stage64.0.0/"
                                      f"stage64.0.0.2/Clip (Clip) -> tensor '{CLIP_OUT}' [one layer: Conv {CONV} + ")
