@@ -216,7 +216,7 @@ class SuiteStages:
             plan = ncnn_table_to_plan(self.folded, read_ncnn_table(table), profile)
             ranges: dict[str, Any] = {}
         elif table is not None:
-            ranges = tpu_table_to_ranges(read_tpu_calibration_table(table))
+            ranges = tpu_table_to_ranges(read_tpu_calibration_table(table), self.folded)
             plan = build_plan(self.folded, profile, ranges)
         else:
             if not self.data.calibration:
@@ -241,7 +241,7 @@ class SuiteStages:
             if fmt == "ncnn":
                 return "calibration.table", format_ncnn_table(plan_to_ncnn_table(self.folded, plan))
             if fmt == "tpu-mlir" and ranges:
-                return "calibration.cali", format_tpu_calibration_table(ranges_to_tpu_table(ranges))
+                return "calibration.cali", format_tpu_calibration_table(ranges_to_tpu_table(ranges, proto=self.folded))
         except HarnessError as exc:
             log.info("no %s table for suite %s: %s", fmt, self.suite.name, exc.what)
         return None

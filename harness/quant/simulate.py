@@ -53,6 +53,7 @@ from harness.errors import ConfigError
 from harness.model.graph import clip_lower_bound, graph_constants, node_display_name
 from harness.model.runner import TapRunner, TapSelection
 from harness.model.session import make_session
+from harness.quant.lowered_qdq import LoweredOpsWriter, lowered_nodes, lowered_result_names
 from harness.quant.plan import ALL_CONSUMERS, QuantPlan, TensorQuant
 from harness.quant.scheme import QuantScheme, fake_quant, quantize
 
@@ -95,20 +96,33 @@ def write_qdq_model(proto: onnx.ModelProto, plan: QuantPlan, *, exact_rounding: 
             )
     weight_dq = {name: writer.weight(inits[name], tq) for name, tq in plan.weights.items()}
 
-    # Activation sites: one quantiser per (tensor, quantisation); consumers are re-pointed to it.
-    edge_inputs: dict[tuple[str, str], str] = {}
+    # Activation sites: one quantiser per (tensor, quantisation); consumers are re-pointed to it. The
+    # tensors lowered ops write get their value from the op's integer arithmetic instead.
+    lowered_results = lowered_result_names(plan)
+    edge_inputs: dict[tuple[str, str], str] = {(t, ALL_CONSUMERS): dq for t, dq in lowered_results.items()}
+    writer.dequantized.update(lowered_results)
     by_tensor: dict[str, list[tuple[str, TensorQuant]]] = {}
     for (tensor, consumer), tq in plan.activations.items():
+        if tensor in lowered_results and consumer == ALL_CONSUMERS:
+            writer.activation_quant.setdefault(tensor, tq)
+            continue
         by_tensor.setdefault(tensor, []).append((consumer, tq))
     for tensor in sorted(by_tensor, key=lambda t: _order_key(t, graph)):
         for consumer, tq in sorted(by_tensor[tensor], key=lambda item: item[0] != ALL_CONSUMERS):
             suffix = "" if consumer == ALL_CONSUMERS else f"__{consumer}"
             edge_inputs[(tensor, consumer)] = writer.activation(tensor, tq, tag=suffix)
 
+    replaced = lowered_nodes(graph, plan)
+    for display, node in replaced.items():
+        writer.write_lowered(plan.lowered[display], node, plan,
+                             lambda t, c: edge_inputs.get((t, c)) or edge_inputs.get((t, ALL_CONSUMERS)) or t)
     for node in list(graph.node):
         if node.name.startswith(_Writer.PREFIX):
             continue
         display = node_display_name(node)
+        if display in replaced:
+            graph.node.remove(node)
+            continue
         original_inputs = list(node.input)
         for i, name in enumerate(node.input):
             replacement = edge_inputs.get((name, display)) or edge_inputs.get((name, ALL_CONSUMERS))
@@ -129,8 +143,9 @@ def _order_key(tensor: str, graph: onnx.GraphProto) -> int:
     return 0  # graph inputs first
 
 
-class _Writer:
-    """Appends Q/DQ nodes and fake-quant subgraphs; names everything it adds with a fixed prefix."""
+class _Writer(LoweredOpsWriter):
+    """Appends Q/DQ nodes and fake-quant subgraphs (and lowered ops, see :mod:`harness.quant.lowered_qdq`);
+    names everything it adds with a fixed prefix."""
 
     PREFIX = "qh__"
 
@@ -211,7 +226,9 @@ class _Writer:
         zero_z = not np.any(np.asarray(tq.zero_point))
         z = None if zero_z else self._const(np.asarray(tq.zero_point, np.float32), "zp_f")
         r = self._round(self._tmp("Div", [x, s]), tq.scheme.rounding, nonnegative=nonnegative)
-        may_be_negative_zero = tq.scheme.rounding == "half_even" or not nonnegative
+        # Floor(v + 0.5) never returns -0.0 (-0.5 + 0.5 is +0.0), so half-up needs no "+ 0" either
+        rounding = tq.scheme.rounding
+        may_be_negative_zero = rounding == "half_even" or (rounding == "half_away" and not nonnegative)
         if z is not None or may_be_negative_zero:
             r = self._tmp("Add", [r, z or self._f(0.0)])
         q = self._tmp("Clip", [r, self._f(tq.scheme.qmin), self._f(tq.scheme.qmax)])
@@ -235,6 +252,8 @@ class _Writer:
     def _round(self, v: str, rounding: str, *, nonnegative: bool = False) -> str:
         if rounding == "half_even":
             return self._tmp("Round", [v])
+        if rounding == "half_up":
+            return self._tmp("Floor", [self._tmp("Add", [v, self._f(0.5)])])
         if nonnegative:
             # v >= 0 or -0.0: sign(v) * floor(|v| + 0.5) is floor(v + 0.5), bit for bit (for -0.0
             # both give +0.0), and never -0.0
