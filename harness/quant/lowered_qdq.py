@@ -5,8 +5,8 @@ arithmetic (shifts rounding half up, per-input requantisation of an Add, a poole
 multiplier) is not a fake-quant of a float op. Every value below is an integer held in float32 (or
 float64 where a 31-bit multiplier needs it), so onnxruntime's float kernels compute it exactly:
 
-* codes of an input: ``Round(x_dq / s)``; ``x_dq`` is ``q * s`` in float32, within an ulp of the
-  product, so the quotient rounds back to ``q`` exactly;
+* codes of an input: the producer's codes when a lowered op wrote it, else ``Round(x_dq / s)``; ``x_dq``
+  is ``q * s`` in float32, within an ulp of the product, so the quotient rounds back to ``q`` exactly;
 * accumulator: the Conv / Gemm of the codes with integer weights and bias: exact while partial sums stay
   below 2**24 (a layer's accumulator is about ``2**shift * 127`` for BM1684; a float32 sum that passes
   2**24 loses at most a few units there, a fraction of an output step);
@@ -118,6 +118,8 @@ class LoweredOpsWriter:
         lo = max(tq.scheme.qmin, 0) if relu else tq.scheme.qmin
         clipped = self._tmp("Clip", [q, self._f(float(lo)), self._f(float(tq.scheme.qmax))])
         self._node("Mul", [clipped, self._scale(tq)], [f"{result}{DQ_SUFFIX}"])
+        # a lowered reader takes these codes as they are: Round(dq / s) would give them back, two passes later
+        self._codes_cache[result] = clipped
 
     @staticmethod
     def _site(plan: QuantPlan, tensor: str) -> TensorQuant:

@@ -29,9 +29,9 @@ the GlobalAveragePool output has the input's scale on BM1684 and its own on BM16
 
 ONNX ops map onto those as tpu-mlir's ONNX front end does: Flatten is a Reshape, Transpose a
 Permute, GlobalAveragePool an AvgPool, and a Clip with minimum 0 a Relu with an upper limit (how
-it imports ReLU6). Not modelled: MulConst (a range scaled by the constant), the sign rules (they
-pick signed or unsigned int8; our bm1684 profile is signed throughout) and Resize (an Upsample only
-for integer nearest scales).
+it imports ReLU6). The sign rule (uint8 for a tensor whose minimum is >= 0) follows the owner's range too;
+it is applied by the lowering (:func:`harness.quant.lowering.device_quant`). Not modelled: MulConst (a
+range scaled by the constant) and Resize (an Upsample only for integer nearest scales).
 """
 
 from __future__ import annotations
