@@ -137,3 +137,23 @@ def test_without_the_lowering_the_plan_is_plain_fake_quant():
     profile = get_profile("bm1684-int8", lowering="none")
     plan = build_plan(proto, profile, _ranges(proto, profile))
     assert not plan.lowered and {"w1", "w2", "w3", "wf"} <= set(plan.weights)
+
+
+def test_sessions_skip_the_float_branches_only_taps_need_and_compute_the_same():
+    from harness.model.session import make_session
+    from harness.quant.simulate import _mode_proto, mode_session
+
+    proto = fused_model()
+    plan = build_plan(proto, get_profile("bm1684-int8"), _ranges(proto, get_profile("bm1684-int8")))
+    qdq = write_qdq_model(proto, plan)
+    live = _mode_proto(qdq, "simulate")
+    produced = {o for n in live.graph.node for o in n.output}
+    assert not {"c1", "c2", "c3"} & produced  # the accumulators in real units and the merged-away 1x1 Conv
+    assert {"c1", "c2"} <= {o for n in _mode_proto(qdq, "simulate", keep=["c1", "c2"]).graph.node for o in n.output}
+    x = np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    everything = make_session(_mode_proto(qdq, "simulate", keep=None).SerializeToString(), threads=1,
+                              optimization="disabled")
+    np.testing.assert_array_equal(mode_session(qdq, "simulate", threads=1).run(["y"], {"x": x})[0],
+                                  everything.run(["y"], {"x": x})[0])
+    tapped = mode_runner(qdq, "simulate", taps=["c1"], threads=1).run(x)
+    assert "c1" in tapped
