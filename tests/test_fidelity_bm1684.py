@@ -16,7 +16,7 @@ import pytest
 
 from harness.model import load_model
 from harness.quant import build_plan, fold_batchnorm, get_profile
-from harness.quant.fidelity import compare_with_toolchain
+from harness.quant.fidelity import compare_with_toolchain, tpu_mlir_reference
 from harness.quant.lowering import LoweredAdd, LoweredPool, LoweredWeighted
 from harness.quant.plan_tables import tpu_table_to_ranges
 from harness.quant.simulate import write_qdq_model
@@ -94,13 +94,9 @@ def test_simulation_agrees_with_the_chip_within_one_step_and_on_every_top1(mnv2,
     folded, _ = mnv2
     top = TopGraph(folded)
     plan = _plan(mnv2, profile)
-    lowered = read_lowered_graph(toolchain / f"mnv2_{chip}_int8_sym_tpu.mlir")
-    steps = {top.onnx_tensor(n): op.scale for n, op in lowered.items() if op.scale and top.onnx_tensor(n)}
-    real_tensors = {}
-    if chip == "bm1684":
-        dump = np.load(toolchain / "all_tensors_img0_bm1684.npz")
-        real_tensors = {top.onnx_tensor(k): dump[k] for k in dump.files if top.onnx_tensor(k) in top.tensors}
-        assert len(real_tensors) == len(top.tensors) == 64
+    steps, real_tensors = tpu_mlir_reference(top, toolchain / f"mnv2_{chip}_int8_sym_tpu.mlir",
+                                             toolchain / "all_tensors_img0_bm1684.npz" if chip == "bm1684" else None)
+    assert len(real_tensors) == (64 if chip == "bm1684" else 0) and len(top.tensors) == 64
     logits = np.load(toolchain / "logits24.npz")
     report = compare_with_toolchain(write_qdq_model(folded, plan), plan, inputs=logits["inputs"],
                                     real_outputs=logits[f"logits_{chip}"], fp32_outputs=logits["logits_top_f32"],

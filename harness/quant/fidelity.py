@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
 
 from harness.quant.plan import ALL_CONSUMERS, QuantPlan
 from harness.quant.simulate import QdqModel, mode_runner
+from harness.quant.tpu_mlir import TopGraph, read_lowered_graph
 
 _SLACK_STEPS = 1e-3
 
@@ -32,6 +34,7 @@ class StepAgreement:
     step: float
     max_steps: float
     beyond_one_step: float  # share of elements more than one step apart
+    differing: float = 0.0  # share of elements not on the same code
 
     @property
     def within_one_step(self) -> float:
@@ -47,7 +50,8 @@ def step_agreement(tensor: str, ours: np.ndarray, theirs: np.ndarray, step: floa
     steps = np.abs(a - b) / float(step)
     return StepAgreement(tensor=tensor, elements=int(a.size), step=float(step),
                          max_steps=float(steps.max(initial=0.0)),
-                         beyond_one_step=float(np.mean(steps > 1.0 + _SLACK_STEPS)) if a.size else 0.0)
+                         beyond_one_step=float(np.mean(steps > 1.0 + _SLACK_STEPS)) if a.size else 0.0,
+                         differing=float(np.mean(steps > _SLACK_STEPS)) if a.size else 0.0)
 
 
 @dataclass(frozen=True)
@@ -157,3 +161,27 @@ def compare_with_toolchain(qdq: QdqModel, plan: QuantPlan, *, inputs: np.ndarray
     return FidelityReport(profile=profile, tensors=tensor_agreements(first, real_tensors, steps),
                           output=step_agreement(out_name, outputs, real_outputs, steps[out_name]),
                           task=task_agreement(outputs, real_outputs, fp32_outputs))
+
+
+def tpu_mlir_reference(top: TopGraph, lowered_graph: str | Path, dump: str | Path | None = None,
+                       ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """``(steps, tensors)`` keyed by ONNX tensor: each tensor's device step from tpu-mlir's lowered graph, and the
+    tensors of its ``.npz`` dump (``model_deploy --debug``) that belong to the fused graph ``top``.
+
+    A graph input's own dump entry is the float input; its int8 value is the Cast tpu-mlir inserts before its
+    first reader, named ``<input><reader>_si8`` (or ``_ui8``), which is what the simulation's input is compared with.
+    """
+    steps = {}
+    for name, op in read_lowered_graph(lowered_graph).items():
+        tensor = top.onnx_tensor(name)
+        if op.scale and tensor is not None:
+            steps[tensor] = op.scale
+    tensors: dict[str, np.ndarray] = {}
+    if dump is not None:
+        with np.load(dump) as data:
+            tensors = {top.onnx_tensor(k): data[k] for k in data.files if top.onnx_tensor(k) in top.tensors}
+            for graph_input in (i.name for i in top.proto.graph.input):
+                casts = [k for k in data.files if k.startswith(graph_input + "/") and k.endswith(("_si8", "_ui8"))]
+                if casts:
+                    tensors[graph_input] = data[casts[0]]
+    return steps, tensors
