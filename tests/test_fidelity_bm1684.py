@@ -103,6 +103,9 @@ def test_simulation_agrees_with_the_chip_within_one_step_and_on_every_top1(mnv2,
                                     real_tensors=real_tensors, steps=steps, profile=profile)
     for agreement in report.tensors + [report.output]:
         assert agreement.within_one_step >= WITHIN_ONE_STEP_MIN, agreement
+        # measured: the same code on every element but 2 of 62720 of the merged features.18 Conv (a float32 sum
+        # order in the merged weights): a guard that the simulation stays the chip's integer arithmetic
+        assert agreement.differing <= 1e-4, agreement
     task = report.task
     assert task.every_image_agrees, task
     # so the simulation keeps fp32's top-1 exactly where the chip does: 8 of 24 on BM1684, 22 on BM1684X
