@@ -157,3 +157,13 @@ def test_sessions_skip_the_float_branches_only_taps_need_and_compute_the_same():
                                   everything.run(["y"], {"x": x})[0])
     tapped = mode_runner(qdq, "simulate", taps=["c1"], threads=1).run(x)
     assert "c1" in tapped
+
+
+def test_a_float_relu_keeps_its_fused_conv_float_as_a_tpu_mlir_qtable_row_does():
+    from harness.quant.plan_tables import qtable_float_layers
+
+    proto = fused_model()
+    assert qtable_float_layers(proto, {"r3_Relu": "F32", "r1": "INT8"}) == {"relu3"}  # tpu-mlir's name of conv3+relu3
+    profile = get_profile("bm1684-int8", float_layers=["relu3"])
+    plan = build_plan(proto, profile, _ranges(proto, profile))
+    assert "conv3" not in plan.lowered and not {"w1", "w2", "w3"} & set(plan.weights)  # w1: lowered conv1

@@ -17,7 +17,8 @@ What :func:`lower_plan` does to a plan built by ``build_plan``:
   a 1x1 Conv before it (:class:`harness.quant.tpu_mlir.TopGraph`). The ReLU node stays in the graph
   (its float output is still compared); the device's result comes from the accumulator.
 * their weights leave ``plan.weights``: the lowered record holds the codes (the merged 1x1 Conv then
-  runs on float weights, only so that its output can still be compared: nothing reads it).
+  runs on float weights, only so that its output can still be compared: nothing reads it). So do the
+  weights of a Conv whose fused ReLU is a float layer (the fused op is float in tpu-mlir).
 """
 
 from __future__ import annotations
@@ -116,7 +117,8 @@ def lower_plan(folded: onnx.ModelProto, plan: QuantPlan, ranges: Mapping[str, Ca
             scales[tensor] = scale
     lowerer = _Lowerer(folded, chip, scales, plan.float_layers)
     lowered = lowerer.run()
-    weights = {k: v for k, v in plan.weights.items() if k not in lowerer.lowered_weights}
+    gone = lowerer.lowered_weights | lowerer.float_fused_weights()
+    weights = {k: v for k, v in plan.weights.items() if k not in gone}
     return dataclasses.replace(plan, activations=activations, weights=weights, lowered=lowered)
 
 
@@ -149,6 +151,19 @@ class _Lowerer:
         skipped = [n for n in merged_first if not any(getattr(o, "merged", None) == n for o in out.values())]
         if skipped:
             log.info("1x1 Convs tpu-mlir merges but that stay float here (their Conv is not lowered): %s", skipped)
+        return out
+
+    def float_fused_weights(self) -> set[str]:
+        """Weights of ops whose fused ReLU is a float layer: tpu-mlir names the fused op after the ReLU, so a qtable
+        row (or ``float_layers``) on it keeps the Conv float too."""
+        out = set()
+        for pre_activation, relu in self.top.fused_relu.items():
+            node = self.top.producer(pre_activation)
+            if node_display_name(relu) in self.floats and node is not None and len(node.input) > 1:
+                out.add(node.input[1])
+                merged = self.top.merged.get(pre_activation)
+                if merged is not None:  # and the 1x1 Conv tpu-mlir merged into it
+                    out.add(merged.first.input[1])
         return out
 
     def _result(self, node: onnx.NodeProto) -> tuple[str, bool]:

@@ -219,8 +219,11 @@ def tpu_table_to_ranges(table: TpuCalibrationTable, proto: onnx.ModelProto | Non
 def qtable_float_layers(folded_proto: onnx.ModelProto, modes: Mapping[str, str]) -> frozenset[str]:
     """Layers a qtable keeps in float (mode other than INT8), as node display names.
 
-    tpu-mlir names an op by its output tensor, so a qtable row may name either; both resolve.
+    tpu-mlir names an op by its output tensor, so a qtable row may name either; both resolve, and so does
+    tpu-mlir's own name ``<tensor>_<op type>`` (:mod:`harness.quant.tpu_mlir`; a Conv fused with its ReLU is
+    named after the ReLU's output, and the lowering keeps such a Conv float with its ReLU).
     """
+    top = TopGraph(folded_proto)
     producer = {}
     for node in folded_proto.graph.node:
         for out in node.output:
@@ -230,6 +233,8 @@ def qtable_float_layers(folded_proto: onnx.ModelProto, modes: Mapping[str, str])
     for name, mode in modes.items():
         if mode == "INT8":
             continue
+        if name not in producer:
+            name = top.onnx_tensor(name) or name
         if name not in producer:
             raise TableError(f"The qtable names {name!r}, which is neither a layer nor a tensor of the model",
                              expected="op or output tensor names of this model", remedy="fix the qtable row")
