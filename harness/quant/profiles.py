@@ -102,7 +102,7 @@ class Profile:
         if self.lowering == "none":  # a suite file has no null
             object.__setattr__(self, "lowering", None)
         if self.lowering not in LOWERINGS:
-            raise ConfigError(f"Got lowering={self.lowering!r}", expected=f"one of {', '.join(map(str, LOWERINGS))}",
+            raise ConfigError(f"Got lowering={self.lowering!r}", expected="one of 'none', " + ", ".join(repr(c) for c in LOWERINGS if c),
                               remedy="use 'bm1684' or 'bm1684x' (Sophon, with the tpu_mlir placement), or leave it unset")
         if self.lowering is not None and self.placement != "tpu_mlir":
             raise ConfigError(f"Got lowering={self.lowering!r} with placement={self.placement!r}",
