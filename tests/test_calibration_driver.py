@@ -67,18 +67,23 @@ def test_conv_inputs_sites_are_edges_into_weight_layers(residual):
     assert sites == [("x", "conv1"), ("r1", "conv2"), ("f", "fc")]  # r1 stays float where `add` reads it
 
 
+def _all_tensors(**overrides):
+    """bm1684-int8 with a site on every tensor (its own tpu_mlir placement leaves out what tpu-mlir fuses)."""
+    return get_profile("bm1684-int8", placement="all_tensors", lowering="none", **overrides)
+
+
 def test_all_tensors_sites_include_the_model_input(residual):
-    sites = activation_sites(residual.proto, get_profile("bm1684-int8"))
+    sites = activation_sites(residual.proto, _all_tensors())
     assert sites == [(t, "*") for t in ("x", "c1", "r1", "c2", "s", "r2", "g", "f", "y")]
 
 
 def test_float_layers_per_placement(residual):
     ncnn = activation_sites(residual.proto, get_profile("ncnn-int8", float_layers=["conv2"]))
     assert ncnn == [("x", "conv1"), ("f", "fc")]
-    tpu = activation_sites(residual.proto, get_profile("bm1684-int8", float_layers=["conv2", "conv1"]))
+    tpu = activation_sites(residual.proto, _all_tensors(float_layers=["conv2", "conv1"]))
     # outputs of float layers stay float; their inputs are whatever the producer wrote
     assert [t for t, _ in tpu] == ["r1", "s", "r2", "g", "f", "y"]
-    only_float_reader = activation_sites(residual.proto, get_profile("bm1684-int8", float_layers=["conv1"]))
+    only_float_reader = activation_sites(residual.proto, _all_tensors(float_layers=["conv1"]))
     assert "x" not in [t for t, _ in only_float_reader]
 
 

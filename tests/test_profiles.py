@@ -11,8 +11,9 @@ from harness.quant.calibration import build_weights
 from harness.quant.profiles import PROFILES, get_profile, override_keys
 
 
-def test_all_seven_profiles_exist():
-    assert set(PROFILES) == {"ncnn-int8", "bm1684-int8", "tflite-uint8", "tflite-int8", "ort-qdq", "nnie-int8", "nnie-int16"}
+def test_all_eight_profiles_exist():
+    assert set(PROFILES) == {"ncnn-int8", "bm1684-int8", "bm1684x-int8", "tflite-uint8", "tflite-int8", "ort-qdq",
+                             "nnie-int8", "nnie-int16"}
     for profile in PROFILES.values():
         assert profile.description and type(profile).__doc__
 
@@ -27,11 +28,23 @@ def test_ncnn_int8():
     assert not p.quantize_bias and p.table_format == "ncnn"
 
 
-def test_bm1684_int8():
-    p = get_profile("bm1684-int8")
-    assert p.weight_scheme.granularity == "per_channel" and p.weight_scheme.symmetric
-    assert p.activation_scheme.symmetric and (p.activation_scheme.qmin, p.activation_scheme.qmax) == (-127, 127)
-    assert p.activation_method == "kl" and p.placement == "all_tensors" and p.table_format == "tpu-mlir"
+@pytest.mark.parametrize("name, chip, granularity, rules", [
+    ("bm1684-int8", "bm1684", "per_tensor", "tpu-mlir"), ("bm1684x-int8", "bm1684x", "per_channel", "tpu-mlir-bm1684x")])
+def test_bm1684_family(name, chip, granularity, rules):
+    p = get_profile(name)
+    assert p.lowering == chip and p.range_rules == rules and p.weight_scheme.granularity == granularity
+    # tpu-mlir casts to int8 rounding half away from zero and saturates at -128 (not ncnn's narrow range)
+    a = p.activation_scheme
+    assert a.symmetric and (a.qmin, a.qmax, a.rounding) == (-128, 127, "half_away")
+    assert p.activation_method == "kl" and p.placement == "tpu_mlir" and p.table_format == "tpu-mlir"
+
+
+def test_lowering_is_validated_and_needs_the_tpu_mlir_placement():
+    assert get_profile("bm1684-int8", lowering="none").lowering is None
+    with pytest.raises(ConfigError, match="lowering"):
+        get_profile("bm1684-int8", lowering="bm1688")
+    with pytest.raises(ConfigError, match="tpu_mlir"):
+        get_profile("bm1684-int8", placement="all_tensors")
 
 
 def test_tflite_uint8():

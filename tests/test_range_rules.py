@@ -93,3 +93,12 @@ def test_bm1684_plan_uses_owner_scales_and_profile_validates_rules():
     assert {t: float(np.asarray(q.scale)) for (t, _), q in own.activations.items()}["t"] != scale["c"]
     with pytest.raises(ConfigError, match="range_rules"):
         profile.with_overrides(range_rules="tensorrt")
+
+
+def test_average_pool_shares_its_input_range_on_bm1684_only():
+    proto = _model([helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("GlobalAveragePool", ["c"], ["g"]),
+                    helper.make_node("Flatten", ["g"], ["f"])], ["f"])
+    assert range_owners(proto, "tpu-mlir", _all(proto)) == {"g": "c", "f": "c"}
+    # tpu-mlir's BM1684X MobileNetV2 graph requantises the pooled tensor to its own scale
+    assert range_owners(proto, "tpu-mlir-bm1684x", _all(proto)) == {"f": "g"}
+    assert get_profile("bm1684x-int8").range_rules == "tpu-mlir-bm1684x"

@@ -180,7 +180,7 @@ def _write_output(out: Path, qm: Any, model: Any, n_images: int, *, six_bit: boo
         comments = [f"quant-harness calibration of {model.path.name} (sha256 {model.sha256[:12]})",
                     f"profile {qm.profile.name}, method {qm.profile.activation_method}, {n_images} images",
                     "name threshold min max"]
-        write_tpu_calibration_table(ranges_to_tpu_table(qm.ranges, comments=comments), out)
+        write_tpu_calibration_table(ranges_to_tpu_table(qm.ranges, comments=comments, proto=qm.folded), out)
     else:
         doc = {
             "format_version": JSON_FORMAT_VERSION,

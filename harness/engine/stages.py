@@ -256,7 +256,7 @@ class SuiteStages:
         elif table is not None:
             tpu_table = read_tpu_calibration_table(table)
             warn_unknown_rows(tpu_table, names, source=f"the calibration table {table.name}")
-            ranges = tpu_table_to_ranges(tpu_table)
+            ranges = tpu_table_to_ranges(tpu_table, self.folded)
             plan = build_plan(self.folded, profile, ranges)
         else:
             if not self.data.calibration:
@@ -281,7 +281,7 @@ class SuiteStages:
             if fmt == "ncnn":
                 return "calibration.table", format_ncnn_table(plan_to_ncnn_table(self.folded, plan))
             if fmt == "tpu-mlir" and ranges:
-                return "calibration.cali", format_tpu_calibration_table(ranges_to_tpu_table(ranges))
+                return "calibration.cali", format_tpu_calibration_table(ranges_to_tpu_table(ranges, proto=self.folded))
         except HarnessError as exc:
             log.info("no %s table for suite %s: %s", fmt, self.suite.name, exc.what)
         return None

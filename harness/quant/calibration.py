@@ -33,6 +33,7 @@ from harness.model.runner import TapRunner
 from harness.model.session import default_threads
 from harness.quant.calibrate import CalibrationRange, Calibrator, make_calibrator
 from harness.quant.fold import FoldedPair, fold_batchnorm
+from harness.quant.lowering import lower_plan
 from harness.quant.placement import Placement, compute_placement, weight_nodes
 from harness.quant.plan import QuantPlan, TensorQuant
 from harness.quant.profiles import Profile
@@ -260,8 +261,11 @@ def build_plan(folded_proto: onnx.ModelProto, profile: Profile, ranges: Mapping[
         rng = ranges[owners.get(own, own)]
         activations[(tensor, consumer)] = activation_quant(profile.activation_scheme_for(consumer), rng,
                                                            ncnn_scales=profile.table_format == "ncnn")
-    return QuantPlan(weights=build_weights(folded_proto, profile), activations=activations,
+    plan = QuantPlan(weights=build_weights(folded_proto, profile), activations=activations,
                      quantize_bias=profile.quantize_bias, float_layers=frozenset(profile.float_layers))
+    if profile.lowering is None:
+        return plan
+    return lower_plan(folded_proto, plan, ranges, chip=profile.lowering, range_rules=profile.range_rules)
 
 
 # --- everything -----------------------------------------------------------------------------------

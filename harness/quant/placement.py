@@ -44,6 +44,7 @@ import onnx
 from harness.model.graph import node_display_name, tensor_list, topological_nodes
 from harness.model.graph_roles import non_activations
 from harness.quant.plan import ALL_CONSUMERS
+from harness.quant.tpu_mlir import TopGraph
 
 _CONV_LIKE = frozenset({"Conv", "ConvTranspose", "Gemm"})
 _REMOVABLE = frozenset({"Relu", "Clip"})
@@ -90,6 +91,9 @@ def compute_placement(proto: onnx.ModelProto, *, placement: str, weight_op_types
         return Placement(sites=sites)
     if placement == "all_tensors":
         return Placement(sites=_all_tensors(proto, floats, float_layers))
+    if placement == "tpu_mlir":  # all_tensors of tpu-mlir's fused top graph (see harness.quant.tpu_mlir)
+        top = set(TopGraph(proto).tensors)
+        return Placement(sites=[s for s in _all_tensors(proto, floats, float_layers) if s[0] in top])
     if placement == "ort_qdq":
         return _ort_qdq(proto, floats, float_layers)
     raise ValueError(f"unknown placement {placement!r}")

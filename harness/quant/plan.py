@@ -16,10 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from harness.quant.scheme import QuantScheme
+
+if TYPE_CHECKING:
+    from harness.quant.lowering import LoweredOp
 
 ALL_CONSUMERS = "*"
 
@@ -50,12 +54,16 @@ class QuantPlan:
     ``quantize_bias``: store biases of quantised Conv/Gemm as int32 with scale
     ``s_input * s_weight`` (onnxruntime, TFLite); ncnn keeps them float.
     ``float_layers``: nodes the user kept in float (recorded for reports and tables).
+    ``lowered``: nodes the target computes in integers its own way (Sophon: :mod:`harness.quant.lowering`),
+    by node display name; the QDQ writer emits their integer arithmetic instead of the float op, and
+    their weights are in the record, not in ``weights``.
     """
 
     weights: Mapping[str, TensorQuant] = field(default_factory=dict)
     activations: Mapping[tuple[str, str], TensorQuant] = field(default_factory=dict)
     quantize_bias: bool = False
     float_layers: frozenset[str] = frozenset()
+    lowered: Mapping[str, "LoweredOp"] = field(default_factory=dict)
 
     def activation_for(self, tensor: str, consumer: str) -> TensorQuant | None:
         """The quantisation a given consumer reads for ``tensor`` (edge entry first, then ``*``)."""

@@ -42,6 +42,7 @@ from harness.quant.tables import (
     TpuCalibrationTable,
     onnx_scale_from_ncnn,
 )
+from harness.quant.tpu_mlir import TopGraph
 
 log = logging.getLogger(__name__)
 _SIX_BIT_QMAX = 31.0
@@ -189,23 +190,43 @@ def _replace(scheme, **changes):
 
 
 # --- tpu-mlir -------------------------------------------------------------------------------------
-def ranges_to_tpu_table(ranges: Mapping[str, CalibrationRange], *, comments: Iterable[str] = ()) -> TpuCalibrationTable:
-    """One ``name threshold min max`` row per tensor, in the order of ``ranges``."""
-    rows = {name: TpuCalibrationRow(threshold=float(r.threshold), min=float(r.observed_min), max=float(r.observed_max))
+def ranges_to_tpu_table(ranges: Mapping[str, CalibrationRange], *, comments: Iterable[str] = (),
+                        proto: onnx.ModelProto | None = None) -> TpuCalibrationTable:
+    """One ``name threshold min max`` row per tensor, in the order of ``ranges``.
+
+    With ``proto`` (the BN-folded model the ranges belong to), rows take tpu-mlir's names
+    (``<tensor>_<op type>``, see :mod:`harness.quant.tpu_mlir`), so tpu-mlir's ``model_deploy`` finds
+    them; :func:`tpu_table_to_ranges` with the same model reads them back.
+    """
+    top = TopGraph(proto) if proto is not None else None
+    rows = {(top.tpu_name(name) if top is not None else name):
+            TpuCalibrationRow(threshold=float(r.threshold), min=float(r.observed_min), max=float(r.observed_max))
             for name, r in ranges.items()}
     return TpuCalibrationTable(rows=rows, comments=tuple(comments))
 
 
-def tpu_table_to_ranges(table: TpuCalibrationTable) -> dict[str, CalibrationRange]:
+def tpu_table_to_ranges(table: TpuCalibrationTable, proto: onnx.ModelProto | None = None) -> dict[str, CalibrationRange]:
     """Ranges from table rows: symmetric schemes use the threshold, asymmetric ones ``[min, max]``.
 
     tpu-mlir records the threshold next to the observed extremes; the asymmetric interpretation
     of a row is the observed range, which is what its asymmetric mode calibrates.
+
+    With ``proto`` (the model the table is applied to, BN-folded), rows are keyed the way tpu-mlir
+    applies them (:mod:`harness.quant.tpu_mlir`): a row named ``<tensor>_<op type>`` is that ONNX tensor
+    when its producer has that op type, and the output of an op tpu-mlir fused with the ReLU after it
+    (Conv -> Clip) reads the activation's row, as the fused op has that one output. Rows that name no
+    tensor of ``proto`` keep their own name. Without ``proto`` rows are taken as ONNX tensor names.
     """
     out = {}
+    top = TopGraph(proto) if proto is not None else None
     for name, row in table.rows.items():
-        out[name] = CalibrationRange(method="table", lo=float(row.min), hi=float(row.max), threshold=float(row.threshold),
-                                     observed_min=float(row.min), observed_max=float(row.max))
+        key = (top.onnx_tensor(name) or name) if top is not None else name
+        out[key] = CalibrationRange(method="table", lo=float(row.min), hi=float(row.max), threshold=float(row.threshold),
+                                    observed_min=float(row.min), observed_max=float(row.max))
+    if top is not None:
+        for pre_activation, relu in top.fused_relu.items():
+            if pre_activation not in out and relu.output[0] in out:
+                out[pre_activation] = out[relu.output[0]]
     return out
 
 
@@ -227,10 +248,13 @@ def qtable_float_layers(folded_proto: onnx.ModelProto, modes: Mapping[str, str],
                         names: LayerNames | None = None, source: str = "the qtable") -> frozenset[str]:
     """Layers a qtable keeps in float (mode other than INT8), as node display names.
 
-    tpu-mlir names an op by its output tensor, so a qtable row may name either; both resolve, and so does a
-    BatchNormalization folded into its Conv. A row of any mode that names nothing is a TableError with the
-    closest names: the layer it was meant for would silently stay in its default precision.
+    tpu-mlir names an op by its output tensor, so a qtable row may name either; both resolve, and so do a
+    BatchNormalization folded into its Conv and tpu-mlir's own name ``<tensor>_<op type>``
+    (:mod:`harness.quant.tpu_mlir`). A row of any mode that names nothing is a TableError with the closest names:
+    the layer it was meant for would silently stay in its default precision.
     """
+    top = TopGraph(folded_proto)
+    modes = {(top.onnx_tensor(name) or name): mode for name, mode in modes.items()}
     names = names or LayerNames(folded_proto)
     names.resolve(list(modes), where=source, error=TableError)
     return names.resolve([name for name, mode in modes.items() if mode != "INT8"], where=source, error=TableError)
@@ -244,4 +268,4 @@ def tpu_table_to_plan(folded_proto: onnx.ModelProto, table: TpuCalibrationTable,
     if qtable:
         floats = qtable_float_layers(folded_proto, qtable, names=names)
         profile = profile.with_overrides(float_layers=profile.float_layers | floats)
-    return build_plan(folded_proto, profile, tpu_table_to_ranges(table))
+    return build_plan(folded_proto, profile, tpu_table_to_ranges(table, folded_proto))

@@ -13,6 +13,9 @@ Placement vocabulary (``Profile.placement``)
     ``all_tensors``: every float activation, the model input included, quantised once after its
     producer (``*`` consumer): tpu-mlir's calibration table has a row per tensor, TFLite stores a
     quantised tensor per edge of the flatbuffer.
+    ``tpu_mlir``: ``all_tensors`` of tpu-mlir's fused top graph: not the output of an op that took the
+    ReLU after it into itself (Conv -> ReLU6 has one output, the activation's), nor the middle tensor of
+    two Convs it merged (see :mod:`harness.quant.tpu_mlir`). Its calibration table has exactly these rows.
     ``ort_qdq``: onnxruntime's QDQ quantizer rules (see :mod:`harness.quant.placement`).
 
 Override vocabulary (``Profile.with_overrides``), flat so a TOML table can hold it:
@@ -33,12 +36,13 @@ from typing import Any, Literal
 
 from harness.errors import ConfigError
 from harness.quant.calibrate import METHODS, make_calibrator
+from harness.quant.lowering import LOWERINGS
 from harness.quant.range_rules import RANGE_RULES
 from harness.quant.scheme import QuantScheme
 
-Placement = Literal["conv_inputs", "all_tensors", "ort_qdq"]
+Placement = Literal["conv_inputs", "all_tensors", "tpu_mlir", "ort_qdq"]
 TableFormat = Literal["ncnn", "tpu-mlir"] | None
-PLACEMENTS: tuple[str, ...] = ("conv_inputs", "all_tensors", "ort_qdq")
+PLACEMENTS: tuple[str, ...] = ("conv_inputs", "all_tensors", "tpu_mlir", "ort_qdq")
 TABLE_FORMATS: tuple[str | None, ...] = ("ncnn", "tpu-mlir", None)
 WEIGHT_OP_TYPES = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 #: Fields that name layers of the model: checked against it by :meth:`Profile.with_layer_names`.
@@ -57,6 +61,8 @@ class Profile:
     ``range_rules``: which tensors the target makes share a range after calibration ("tpu-mlir":
     Reshape/Permute/Relu/MaxPool... outputs use their input's, see :mod:`harness.quant.range_rules`);
     the table still holds every tensor's own range, as the toolchain's does.
+    ``lowering``: the chip whose integer arithmetic replaces the fake-quant of the ops it lowers
+    ("bm1684", "bm1684x": :mod:`harness.quant.lowering`), or None.
     ``input_note`` documents how the runtime interprets a quantised model input.
     """
 
@@ -75,6 +81,7 @@ class Profile:
     float_layers: frozenset[str] = frozenset()
     table_format: TableFormat = None
     range_rules: str = "none"
+    lowering: str | None = None
     input_note: str = ""
 
     def __post_init__(self) -> None:
@@ -87,13 +94,22 @@ class Profile:
                               remedy="list only op types whose weights the core can quantise")
         if self.placement not in PLACEMENTS:
             raise ConfigError(f"Got placement={self.placement!r}", expected=f"one of {', '.join(PLACEMENTS)}",
-                              remedy="use conv_inputs (ncnn, NNIE), all_tensors (tpu-mlir, TFLite) or ort_qdq")
+                              remedy="use conv_inputs (ncnn, NNIE), tpu_mlir (Sophon), all_tensors (TFLite) or ort_qdq")
         if self.table_format not in TABLE_FORMATS:
             raise ConfigError(f"Got table_format={self.table_format!r}", expected="'ncnn', 'tpu-mlir' or none",
                               remedy="leave it unset for profiles without a table")
         if self.range_rules not in RANGE_RULES:
             raise ConfigError(f"Got range_rules={self.range_rules!r}", expected=f"one of {', '.join(RANGE_RULES)}",
                               remedy="use 'tpu-mlir' for Sophon's propagation rules, or 'none' for a range per tensor")
+        if self.lowering == "none":  # a suite file has no null
+            object.__setattr__(self, "lowering", None)
+        if self.lowering not in LOWERINGS:
+            raise ConfigError(f"Got lowering={self.lowering!r}", expected="one of 'none', " + ", ".join(repr(c) for c in LOWERINGS if c),
+                              remedy="use 'bm1684' or 'bm1684x' (Sophon, with the tpu_mlir placement), or leave it unset")
+        if self.lowering is not None and self.placement != "tpu_mlir":
+            raise ConfigError(f"Got lowering={self.lowering!r} with placement={self.placement!r}",
+                              expected="placement = 'tpu_mlir' (the lowering reads tpu-mlir's fused graph)",
+                              remedy="set placement = 'tpu_mlir', or lowering = 'none' for plain fake-quant")
         if self.depthwise_weight_granularity not in (None, "per_tensor", "per_channel"):
             raise ConfigError(f"Got depthwise_weight_granularity={self.depthwise_weight_granularity!r}",
                               expected="'per_tensor', 'per_channel' or unset", remedy="use one of those")
@@ -212,25 +228,32 @@ def _ncnn() -> Profile:
         weight_op_types=frozenset({"Conv", "Gemm", "MatMul"}), quantize_bias=False, table_format="ncnn")
 
 
-def _bm1684() -> Profile:
-    """Sophon BM1684 through tpu-mlir (run_calibration + model_deploy, int8 symmetric).
+def _bm1684(chip: str) -> Profile:
+    """Sophon BM1684 / BM1684X through tpu-mlir (run_calibration + model_deploy --quantize INT8, symmetric).
 
-    Facts: the calibration table has one row ``name threshold min max`` per tensor, so every
-    float activation (the model input too) is quantised after its producer; symmetric int8 means
-    ``x = q * threshold / 127`` (narrow range); thresholds come from KL; weights per channel.
-    Our choices (DESIGN.md states none): rounding half away from zero, which is the default of
-    tpu-mlir's ``to_int8`` helpers (from our reading of its source; override ``rounding`` if a
-    board dump disagrees); biases int32 with scale ``s_in * s_w``, as tpu-mlir lowers int8 Conv.
-    Fact (tpu-mlir's TopToTpu conversion): value-moving ops share ranges with their neighbours
-    before lowering (``range_rules = "tpu-mlir"``); a Transpose that kept its own threshold clipped
-    UltraFace's box regressions.
+    Facts (tpu-mlir 1.30's source and its own MobileNetV2 graphs, see :mod:`harness.quant.bm1684`): the
+    calibration table has a row ``name threshold min max`` per tensor of tpu-mlir's fused graph, so those
+    tensors are quantised after their producer (``tpu_mlir`` placement; thresholds from KL); a tensor whose
+    minimum is >= 0 is uint8 ``th / 255``, others int8 ``th / 127`` over [-128, 127]; value-moving ops share
+    ranges (``range_rules``; a Transpose that kept its own threshold clipped UltraFace's box regressions);
+    the input is cast to int8 rounding half away from zero. Conv, Gemm, Add and average pools run in
+    tpu-mlir's integer arithmetic (``lowering``): on BM1684 one power-of-two right shift per layer (the
+    weights share one scale, ``OnlyShift``), int16 bias, 8-bit multipliers on an Add's inputs; on BM1684X a
+    32-bit multiplier and shift per output channel, weights ``max|W_c| / 127``, int32 bias. Requantisation
+    rounds half up; ReLU6 convolutions have no upper clip (the output range is the clamp).
+    ``weight_scheme`` applies only to weight layers the lowering does not take (e.g. ConvTranspose).
     """
+    x = chip == "bm1684x"
+    weights = dataclasses.replace(_SYM8, narrow_range=False, rounding="half_away", granularity="per_channel" if x
+                                  else "per_tensor")
     return Profile(
-        name="bm1684-int8", description="Sophon/tpu-mlir: per-channel symmetric weights, KL thresholds on all tensors",
-        weight_scheme=dataclasses.replace(_SYM8, granularity="per_channel", axis=0, rounding="half_away"),
-        activation_scheme=dataclasses.replace(_SYM8, rounding="half_away"),
-        activation_method="kl", placement="all_tensors", quantize_bias=True, table_format="tpu-mlir",
-        range_rules="tpu-mlir")
+        name=f"{chip}-int8",
+        description=("Sophon BM1684X/tpu-mlir: per-channel multiplier+shift, int32 bias, uint8 after ReLU" if x else
+                     "Sophon BM1684/tpu-mlir: one power-of-two shift per layer, int16 bias, uint8 after ReLU"),
+        weight_scheme=weights,
+        activation_scheme=dataclasses.replace(_SYM8, narrow_range=False, rounding="half_away"),
+        activation_method="kl", placement="tpu_mlir", quantize_bias=True, table_format="tpu-mlir",
+        range_rules="tpu-mlir-bm1684x" if x else "tpu-mlir", lowering=chip)
 
 
 _TFLITE_INPUT = ("TFLite uint8/int8 input: real = (q - mean_value) / std_value; float [0,1] is mean 0, std 255; "
@@ -309,7 +332,7 @@ def _nnie(bits: int) -> Profile:
 
 
 PROFILES: Mapping[str, Profile] = MappingProxyType({p.name: p for p in (
-    _ncnn(), _bm1684(), _tflite_uint8(), _tflite_int8(), _ort_qdq(), _nnie(8), _nnie(16))})
+    _ncnn(), _bm1684("bm1684"), _bm1684("bm1684x"), _tflite_uint8(), _tflite_int8(), _ort_qdq(), _nnie(8), _nnie(16))})
 
 
 def get_profile(name: str | Profile, **overrides: Any) -> Profile:

@@ -21,13 +21,17 @@ tensor's *current* range (not a link):
    symmetric scheme is then still the output's), and so does the input of a Reshape/Permute that
    produced it;
 4. forward through Relu, MaxPool, Reshape, Unsqueeze, Squeeze, Slice, Tile, Pad, Permute, Upsample,
-   LeakyRelu, PRelu, Abs and (BM1684 family) AvgPool: the output takes its input's range.
+   LeakyRelu, PRelu, Abs and (BM1684 only) AvgPool: the output takes its input's range.
+
+``tpu-mlir`` is the BM1684 rule set; ``tpu-mlir-bm1684x`` is the same without the AvgPool rule (the
+BM1684X lowering requantises an average pool to its own threshold: in tpu-mlir's MobileNetV2 graphs
+the GlobalAveragePool output has the input's scale on BM1684 and its own on BM1684X).
 
 ONNX ops map onto those as tpu-mlir's ONNX front end does: Flatten is a Reshape, Transpose a
 Permute, GlobalAveragePool an AvgPool, and a Clip with minimum 0 a Relu with an upper limit (how
-it imports ReLU6). Not modelled: MulConst (a range scaled by the constant), the sign rules (they
-pick signed or unsigned int8; our bm1684 profile is signed throughout) and Resize (an Upsample only
-for integer nearest scales).
+it imports ReLU6). The sign rule (uint8 for a tensor whose minimum is >= 0) follows the owner's range too;
+it is applied by the lowering (:func:`harness.quant.lowering.device_quant`). Not modelled: MulConst (a
+range scaled by the constant) and Resize (an Upsample only for integer nearest scales).
 """
 
 from __future__ import annotations
@@ -39,15 +43,15 @@ from harness.model.graph import clip_lower_bound, graph_constants, topological_n
 from harness.model.graph_roles import non_activations
 
 RangeRules = str  #: one of RANGE_RULES
-RANGE_RULES: tuple[str, ...] = ("none", "tpu-mlir")
+RANGE_RULES: tuple[str, ...] = ("none", "tpu-mlir", "tpu-mlir-bm1684x")
 
 _STEP1_FORWARD = frozenset({"Reshape", "Flatten", "Transpose"})
 _BACKWARD_THROUGH = _STEP1_FORWARD | {"DepthToSpace"}  # one level back: Reshape, Permute, Depth2Space
 _STEP2_MULTI_INPUT = frozenset({"Concat", "Min", "Max"})
 _STEP3_BACKWARD = frozenset({"Relu", "MaxPool", "DepthToSpace", "Abs", "LeakyRelu", "PRelu"})
-_STEP4_FORWARD = frozenset({"Relu", "MaxPool", "Reshape", "Flatten", "Unsqueeze", "Squeeze", "Slice", "Tile", "Pad",
-                            "Transpose", "Upsample", "LeakyRelu", "PRelu", "Abs", "AveragePool",
-                            "GlobalAveragePool"})
+_STEP4_FORWARD_BM1684X = frozenset({"Relu", "MaxPool", "Reshape", "Flatten", "Unsqueeze", "Squeeze", "Slice", "Tile",
+                                    "Pad", "Transpose", "Upsample", "LeakyRelu", "PRelu", "Abs"})
+_STEP4_FORWARD = _STEP4_FORWARD_BM1684X | {"AveragePool", "GlobalAveragePool"}
 
 
 def range_owners(proto: onnx.ModelProto, rules: RangeRules, calibrated: set[str] | frozenset[str]) -> dict[str, str]:
@@ -59,12 +63,13 @@ def range_owners(proto: onnx.ModelProto, rules: RangeRules, calibrated: set[str]
     """
     if rules == "none":
         return {}
-    if rules != "tpu-mlir":
+    if rules not in ("tpu-mlir", "tpu-mlir-bm1684x"):
         raise ValueError(f"unknown range rules {rules!r}")
-    return _tpu_mlir(proto, set(calibrated) - set(non_activations(proto)))
+    return _tpu_mlir(proto, set(calibrated) - set(non_activations(proto)),
+                     _STEP4_FORWARD if rules == "tpu-mlir" else _STEP4_FORWARD_BM1684X)
 
 
-def _tpu_mlir(proto: onnx.ModelProto, calibrated: set[str]) -> dict[str, str]:
+def _tpu_mlir(proto: onnx.ModelProto, calibrated: set[str], step4: frozenset[str]) -> dict[str, str]:
     graph = proto.graph
     nodes = topological_nodes(graph)
     inits = graph_constants(graph)
@@ -121,7 +126,7 @@ def _tpu_mlir(proto: onnx.ModelProto, calibrated: set[str]) -> dict[str, str]:
         if io is not None and single_use(io[0]):
             owner[io[0]] = owner[io[1]]
             backward_one_level(io[0])
-    forward(_STEP4_FORWARD)
+    forward(step4)
     return {name: root for name, root in owner.items() if root != name}
 
 

@@ -9,6 +9,8 @@ Uniform domain (ONNX QuantizeLinear, TFLite, ncnn, Sophon)
     scale (``x = q * s``), the inverse of an ncnn multiplicative scale. ``x / s`` is computed in
     float64 from the float32 scale; onnxruntime divides in float32, so a value sitting exactly on
     a float32 rounding tie may land one code apart (measure-zero for real data).
+    Rounding: ``half_even`` (ONNX), ``half_away`` (ncnn, C's ``round``), ``half_up`` (ties toward
+    +inf, ``floor(v + 0.5)``: Sophon's requantising right shifts).
 
 Log2 domain (HiSilicon NNIE), sign-magnitude, always per tensor ("per layer")
     ``L`` levels per octave and ``N`` magnitude codes: 8-bit ``L = 16, N = 128`` (one sign bit and
@@ -41,11 +43,11 @@ import numpy as np
 from harness.errors import CalibrationError, ConfigError, NumericError
 
 Granularity = Literal["per_tensor", "per_channel"]
-Rounding = Literal["half_even", "half_away"]
+Rounding = Literal["half_even", "half_away", "half_up"]
 Domain = Literal["uniform", "log2"]
 
 _GRANULARITIES = ("per_tensor", "per_channel")
-_ROUNDINGS = ("half_even", "half_away")
+_ROUNDINGS = ("half_even", "half_away", "half_up")
 _DOMAINS = ("uniform", "log2")
 _FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 # levels per octave and number of magnitude codes of the NNIE log code, by bit width
@@ -146,6 +148,11 @@ def _finite_range(lo: np.ndarray, hi: np.ndarray) -> None:
 def _round(v: np.ndarray, rounding: str) -> np.ndarray:
     if rounding == "half_even":
         return np.rint(v)
+    if rounding == "half_up":
+        # ties toward +inf, what an integer right shift with a +half offset computes (tpu-mlir's HalfUp);
+        # floor + exact fractional part, not floor(v + 0.5), which rounds 0.49999999999999994 up
+        f = np.floor(v)
+        return f + (v - f >= 0.5)
     # trunc + exact fractional part avoids the floor(x + 0.5) bug at 0.49999999999999994
     t = np.trunc(v)
     return t + np.where(np.abs(v - t) >= 0.5, np.sign(v), 0.0)
