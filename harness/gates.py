@@ -25,7 +25,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from harness.compare.tolerance import PRESETS, Bound, Tolerance, ToleranceSet, ToleranceVerdict
+from harness.compare.tolerance import PRESETS, Bound, Tolerance, ToleranceSet, ToleranceVerdict, deficit
 from harness.errors import ConfigError
 from harness.suite_schema import TableReader
 
@@ -42,7 +42,6 @@ CHECKS: tuple[str, ...] = (
 
 # --- documented defaults --------------------------------------------------------------------------
 _DEPLOY = "default: tpu-mlir model_deploy --tolerance 0.8,0.5 (its deploy default, int8 vs fp32 on every tensor)"
-_TOOL = "tpu-mlir npz_tool compare default 0.99,0.99"
 #: gate key -> (default value or None when off, source, check, op)
 SCALAR_GATES: dict[str, tuple[float | None, str, str, Op]] = {
     "layer_cosine_min": (0.8, _DEPLOY, "layerwise", ">="),
@@ -281,8 +280,6 @@ def check_layers(tensors: Sequence[ToleranceVerdict], *, first_divergent: str | 
 
 def _margin(v: ToleranceVerdict, key: str) -> float:
     """Distance to the bound relative to what the bound allows (small = tight)."""
-    from harness.compare.tolerance import deficit
-
     allowed = deficit(key, v.tolerance.bounds[key].value)
     seen = deficit(key, v.min_passing[key])
     return 1.0 - seen / allowed if allowed > 0 else math.inf
