@@ -148,3 +148,38 @@ def test_tpu_table_round_trip_and_qtable(model, tmp_path):
     assert "conv2" in with_q.float_layers and "w2" not in with_q.weights and ("c2", "*") not in with_q.activations
     with pytest.raises(TableError):
         qtable_float_layers(model.proto, {"nope": "F32"})
+
+
+def _conv_zoo() -> onnx.ModelProto:
+    """Four 3x3 stride-1 convolutions: plain, depthwise, grouped and dilated; only the plain one is an ncnn
+    ``Convolution`` on the winograd path (the others are ConvolutionDepthWise or dilated)."""
+    rng = np.random.default_rng(3)
+    shapes = {"plain": (4, 4, 3, 3), "dw": (4, 1, 3, 3), "grouped": (4, 2, 3, 3), "dilated": (4, 4, 3, 3)}
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), f"w_{n}") for n, s in shapes.items()]
+    attrs = {"plain": {}, "dw": {"group": 4}, "grouped": {"group": 2}, "dilated": {"dilations": [2, 2], "pads": [2, 2, 2, 2]}}
+    nodes, x = [], "x"
+    for name, extra in attrs.items():
+        pads = extra.pop("pads", [1, 1, 1, 1])
+        nodes.append(onnx.helper.make_node("Conv", [x, f"w_{name}"], [f"y_{name}"], name=name, pads=pads, **extra))
+        x = f"y_{name}"
+    graph = onnx.helper.make_graph(
+        nodes, "zoo", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 8, 8])],
+        [onnx.helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_six_bit_only_for_ncnn_convolutions_not_depthwise_grouped_or_dilated(tmp_path):
+    path = tmp_path / "zoo.onnx"
+    onnx.save(_conv_zoo(), path)
+    zoo = load_model(path)
+    profile = get_profile("ncnn-int8")
+    rng = np.random.default_rng(0)
+    data = [rng.standard_normal((1, 4, 8, 8)).astype(np.float32) for _ in range(3)]
+    plan = build_plan(zoo.proto, profile, calibrate_activations(zoo, profile, lambda: iter(data)))
+    eight = plan_to_ncnn_table(zoo.proto, plan)
+    six = plan_to_ncnn_table(zoo.proto, plan, six_bit=True)
+    np.testing.assert_allclose(six.weight_scales["plain"], eight.weight_scales["plain"] * 31 / 127, rtol=1e-5)
+    for name in ("dw", "grouped", "dilated"):
+        np.testing.assert_array_equal(six.weight_scales[name], eight.weight_scales[name], err_msg=name)

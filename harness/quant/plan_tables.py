@@ -71,10 +71,13 @@ def ncnn_scale_for(onnx_scale: np.ndarray) -> np.ndarray:
 
 
 def _is_six_bit_candidate(node: onnx.NodeProto, weight_dims: list[int]) -> bool:
-    """A 3x3 stride-1 Conv (kernel from the weight: ``kernel_shape`` is optional in ONNX)."""
+    """The convolutions ncnn2table gives 31/absmax weight scales: an ncnn ``Convolution`` (``group`` 1; grouped
+    and depthwise ONNX Convs become ``ConvolutionDepthWise``, which keeps 127/absmax) with a 3x3 kernel, stride 1
+    and dilation 1 (its int8 winograd path). The kernel comes from the weight: ``kernel_shape`` is optional."""
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    return (node.op_type == "Conv" and list(weight_dims[2:]) == [3, 3]
-            and all(s == 1 for s in attrs.get("strides", [1, 1])))
+    return (node.op_type == "Conv" and list(weight_dims[2:]) == [3, 3] and int(attrs.get("group", 1)) == 1
+            and all(s == 1 for s in attrs.get("strides", [1, 1]))
+            and all(d == 1 for d in attrs.get("dilations", [1, 1])))
 
 
 def plan_to_ncnn_table(folded_proto: onnx.ModelProto, plan: QuantPlan, *, six_bit: bool = False) -> NcnnTable:
