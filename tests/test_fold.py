@@ -95,3 +95,38 @@ def test_ultraface_folds_every_bn(realmodels_dir: Path) -> None:
     got = make_session(folded.SerializeToString(), optimization="disabled").run(None, {"input": x})
     for a, b in zip(got, ref):
         assert _rel(a, b) <= REL_TOL
+
+
+@pytest.mark.parametrize("feed", ["identity", "constant", "identity_chain"])
+def test_parameters_through_constant_or_identity_nodes_are_folded(feed: str) -> None:
+    """PyTorch exports deduplicate parameters into Identity (or Constant) nodes; toolchains still fold the pair."""
+    proto = conv_relu_model()
+    graph = proto.graph
+    bn = next(n for n in graph.node if n.op_type == "BatchNormalization")
+    conv = next(n for n in graph.node if n.op_type == "Conv")
+    inits = {t.name: t for t in graph.initializer}
+    fed = [*bn.input[1:5], conv.input[1]]
+    new_nodes = []
+    for name in fed:
+        src = inits[name]
+        if feed == "constant":
+            new_nodes.append(helper.make_node("Constant", [], [f"{name}_c"], name=f"const_{name}", value=src))
+            graph.initializer.remove(src)
+            replacement = f"{name}_c"
+        else:
+            new_nodes.append(helper.make_node("Identity", [name], [f"{name}_i"], name=f"id_{name}"))
+            replacement = f"{name}_i"
+            if feed == "identity_chain":
+                new_nodes.append(helper.make_node("Identity", [replacement], [f"{name}_ii"], name=f"id2_{name}"))
+                replacement = f"{name}_ii"
+        for node in (bn, conv):
+            node.input[:] = [replacement if i == name else i for i in node.input]
+    for i, node in enumerate(new_nodes):
+        graph.node.insert(i, node)
+    onnx.checker.check_model(proto)
+    folded, pairs = fold_batchnorm(proto)
+    assert [(p.node, p.batchnorm) for p in pairs] == [("conv1", "bn1")]
+    assert {n.op_type for n in folded.graph.node} & {"BatchNormalization", "Identity", "Constant"} == set()
+    onnx.checker.check_model(folded)
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    assert _rel(_run(folded, x), _run(proto, x)) <= REL_TOL

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from harness.model.graph import fresh_name, node_display_name
+from harness.model.graph import fresh_name, graph_constants, node_display_name
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def fold_batchnorm(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Folded
     model = onnx.ModelProto()
     model.CopyFrom(proto)
     graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
+    inits = _static_values(graph)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
@@ -69,6 +69,7 @@ def fold_batchnorm(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Folded
     for bn in remove:
         graph.node.remove(bn)
     _drop_unused(graph)
+    _drop_dead_constants(graph, static=set(inits) & set(consumers))
     # value_info of removed tensors would describe tensors that no longer exist
     gone = {pair.removed_tensor for pair in folded}
     kept_vi = [v for v in graph.value_info if v.name not in gone]
@@ -77,19 +78,30 @@ def fold_batchnorm(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Folded
     return model, folded
 
 
-def _bn_affine(bn: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> tuple[np.ndarray, np.ndarray]:
+def _static_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """Every tensor known before the model runs: initializers, Constant outputs, and Identity outputs of those.
+    PyTorch exports often feed a BatchNorm's statistics or a Conv's weights through Constant or Identity
+    nodes (deduplicated parameters); toolchains fold those pairs too, so the harness must."""
+    values = graph_constants(graph)
+    for node in graph.node:  # topological order: an Identity chain resolves front to back
+        if node.op_type == "Identity" and node.input and node.input[0] in values and node.output:
+            values[node.output[0]] = values[node.input[0]]
+    return values
+
+
+def _bn_affine(bn: onnx.NodeProto, inits: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """BN as ``y = x * scale + shift`` per channel, in float64."""
-    gamma, beta, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:5])
+    gamma, beta, mean, var = (inits[n].astype(np.float64) for n in bn.input[1:5])
     eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
     scale = gamma / np.sqrt(var + eps)
     return scale, beta - mean * scale
 
 
 def _fold_into_conv(conv, scale, shift, graph, inits, taken) -> bool:
-    w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
+    w = inits[conv.input[1]].astype(np.float64)
     if w.shape[0] != scale.size:
         return False
-    b = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) if len(conv.input) > 2 and conv.input[2] else 0.0
+    b = inits[conv.input[2]].astype(np.float64) if len(conv.input) > 2 and conv.input[2] else 0.0
     w_new = w * scale.reshape(-1, *([1] * (w.ndim - 1)))
     b_new = b * scale + shift
     _set_inputs(conv, graph, taken, {1: ("W", w_new), 2: ("B", b_new)})
@@ -99,11 +111,11 @@ def _fold_into_conv(conv, scale, shift, graph, inits, taken) -> bool:
 def _fold_into_gemm(gemm, scale, shift, graph, inits, taken) -> bool:
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in gemm.attribute}
     alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
-    w = numpy_helper.to_array(inits[gemm.input[1]]).astype(np.float64)
+    w = inits[gemm.input[1]].astype(np.float64)
     out_axis = 0 if attrs.get("transB", 0) else 1
     if w.ndim != 2 or w.shape[out_axis] != scale.size:
         return False
-    c = numpy_helper.to_array(inits[gemm.input[2]]).astype(np.float64) if len(gemm.input) > 2 and gemm.input[2] else np.zeros(1)
+    c = inits[gemm.input[2]].astype(np.float64) if len(gemm.input) > 2 and gemm.input[2] else np.zeros(1)
     if c.size not in (1, scale.size):
         return False  # a 2-D C would need per-row folding; leave such a Gemm alone
     w_new = w * (scale[:, None] if out_axis == 0 else scale[None, :])
@@ -131,3 +143,15 @@ def _drop_unused(graph: onnx.GraphProto) -> None:
     kept = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
+
+
+def _drop_dead_constants(graph: onnx.GraphProto, *, static: set[str]) -> None:
+    """Remove the Constant and Identity nodes of ``static`` tensors (those read before folding) that folding left
+    unread (back to front, so a chain goes); nodes that were dead before are not folding's business."""
+    outputs = {o.name for o in graph.output}
+    for node in reversed(list(graph.node)):
+        if node.op_type not in ("Constant", "Identity") or not set(node.output) <= static:
+            continue
+        used = {name for n in graph.node for name in n.input} | outputs
+        if not any(out in used for out in node.output):
+            graph.node.remove(node)
