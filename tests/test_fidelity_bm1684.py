@@ -60,6 +60,19 @@ def test_the_table_names_exactly_the_tensors_of_tpu_mlirs_fused_graph(mnv2, tool
         _plan(mnv2, profile)  # every site has a range (today: "Got no range for 100 tensor(s)")
 
 
+def test_tpu_mlirs_own_row_names_are_not_reported_unknown(mnv2, toolchain, caplog):
+    """Rows named ``<tensor>_<op type>`` are applied (above), so the unknown-rows warning must not list them
+    (it did: every one of the table's rows was "unknown", before the name mapping)."""
+    from harness.model.names import LayerNames
+    from harness.quant.plan_tables import warn_unknown_rows
+
+    folded, _ = mnv2
+    table = read_tpu_calibration_table(toolchain / "mnv2_cali_table")
+    assert warn_unknown_rows(table, LayerNames(folded), proto=folded) == []
+    planted = type(table)(rows={**table.rows, "no_such_tensor_Conv": next(iter(table.rows.values()))})
+    assert warn_unknown_rows(planted, LayerNames(folded), proto=folded) == ["no_such_tensor_Conv"]
+
+
 @pytest.mark.parametrize("profile, chip", [("bm1684-int8", "bm1684"), ("bm1684x-int8", "bm1684x")])
 def test_lowering_parameters_equal_tpu_mlirs_lowered_graph(mnv2, toolchain, profile, chip):
     folded, _ = mnv2

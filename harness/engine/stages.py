@@ -255,7 +255,7 @@ class SuiteStages:
             ranges: dict[str, Any] = {}
         elif table is not None:
             tpu_table = read_tpu_calibration_table(table)
-            warn_unknown_rows(tpu_table, names, source=f"the calibration table {table.name}")
+            warn_unknown_rows(tpu_table, names, source=f"the calibration table {table.name}", proto=self.folded)
             ranges = tpu_table_to_ranges(tpu_table, self.folded)
             plan = build_plan(self.folded, profile, ranges)
         else:

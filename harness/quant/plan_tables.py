@@ -233,14 +233,19 @@ def tpu_table_to_ranges(table: TpuCalibrationTable, proto: onnx.ModelProto | Non
     return out
 
 
-def warn_unknown_rows(table: TpuCalibrationTable, names: LayerNames, *, source: str = "the calibration table") -> list[str]:
+def warn_unknown_rows(table: TpuCalibrationTable, names: LayerNames, *, source: str = "the calibration table",
+                      proto: onnx.ModelProto | None = None) -> list[str]:
     """Rows (int8 and int4) that name no tensor of the model, logged as one warning; returned for callers.
 
     Only a warning: tpu-mlir itself ignores such rows (it looks up each tensor of the model), and a
     renamed tensor shows up as a missing row when the plan is built. Rows of the tensors BN folding
-    removed (a tpu-mlir table of the unfolded model has them) are known, not unknown."""
+    removed (a tpu-mlir table of the unfolded model has them) are known, not unknown; with ``proto`` (the
+    BN-folded model) so are tpu-mlir's own ``<tensor>_<op type>`` names, read as :func:`tpu_table_to_ranges`
+    reads them."""
+    top = TopGraph(proto) if proto is not None else None
     known = set(names.producer) | set(names.inputs) | set(names.folded_into)
-    unknown = [row for row in dict.fromkeys([*table.rows, *table.int4_rows]) if row not in known]
+    unknown = [row for row in dict.fromkeys([*table.rows, *table.int4_rows])
+               if row not in known and (top is None or top.onnx_tensor(row) not in known)]
     if unknown:
         log.warning("%s", names.unknown_error(unknown, where=source, expected=(
             f"tensor names of {names.model}; tpu-mlir ignores rows that name no tensor, and so does the harness")))
@@ -267,7 +272,7 @@ def tpu_table_to_plan(folded_proto: onnx.ModelProto, table: TpuCalibrationTable,
                       qtable: Mapping[str, str] | None = None, names: LayerNames | None = None) -> QuantPlan:
     """The plan of ``profile`` with the table's ranges; qtable F32/F16/BF16 rows become float layers."""
     names = names or LayerNames(folded_proto)
-    warn_unknown_rows(table, names)
+    warn_unknown_rows(table, names, proto=folded_proto)
     if qtable:
         floats = qtable_float_layers(folded_proto, qtable, names=names)
         profile = profile.with_overrides(float_layers=profile.float_layers | floats)
