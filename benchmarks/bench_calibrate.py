@@ -9,7 +9,8 @@
    never sits in memory. onnxruntime's ``quantize_static`` (Entropy) on 50 images for contrast.
 2. Time: KL calibration of the ncnn-int8 sites (both passes, histograms, threshold search;
    ``run_calibrators`` with its defaults, 2 threads) <= 6x one fp32 forward pass over the same
-   100 images (``session.run`` of a plain session, 2 threads). Repeated ``--reps`` times; each
+   100 images (``session.run`` of a plain session, 2 threads; issue 18's goal is <= 5x). With numba (the
+   `fast` extra) the histogram pass bins in compiled loops; the numpy binning is timed alongside. Repeated ``--reps`` times; each
    repetition's ratio uses the fp32 pass timed right before and after it (the faster of the two),
    and the median and range of the ratios are printed, with the median run's split by phase. The
    same calibration with one session (``overlap=False``) is timed alongside for contrast. Then
@@ -188,21 +189,31 @@ def time_section(model, batches, reps: int) -> float:
 
     folded, _ = fold_batchnorm(model.proto)
     fp32 = fp32_session(model)
+    from harness.quant.calibrate import kernels
+
     ratios: dict[str, list[float]] = {"kl": [], "kl, one session (overlap off)": []}
+    if kernels.available():  # the numpy binning (the fallback without the `fast` extra) side by side
+        ratios["kl, numpy binning"] = []
     runs: list[dict[str, float]] = []
     for _ in range(reps):
         before = session_seconds(fp32, batches)
         run = timed_calibration(folded, batches)
         sequential = timed_calibration(folded, batches, overlap=False)
+        if "kl, numpy binning" in ratios:
+            os.environ[kernels.DISABLE_ENV] = "1"
+            numpy_run = timed_calibration(folded, batches)
+            os.environ.pop(kernels.DISABLE_ENV)
         base = min(before, session_seconds(fp32, batches))
         runs.append({k: v / base for k, v in run.items()} | {"seconds": run["total"], "fp32": base})
         ratios["kl"].append(run["total"] / base)
         ratios["kl, one session (overlap off)"].append(sequential["total"] / base)
+        if "kl, numpy binning" in ratios:
+            ratios["kl, numpy binning"].append(numpy_run["total"] / base)
     mid = sorted(runs, key=lambda r: r["total"])[len(runs) // 2]
     print(f"  fp32 forward: {mid['fp32']:.2f} s ({1000 * mid['fp32'] / len(batches):.1f} ms/img); "
           f"{reps} repetitions, each ratio against the fp32 pass run next to it")
     for name, values in ratios.items():
-        print(f"  {name}: {_spread(values)} one fp32 pass (target <= 6)")
+        print(f"  {name}: {_spread(values)} one fp32 pass (target <= 5)")
     print(f"  median run by phase (x one fp32 pass): range pass {mid['range']:.2f}, histogram pass "
           f"{mid['histogram']:.2f}, thresholds {mid['compute']:.2f}")
     return statistics.median(r["seconds"] for r in runs)
